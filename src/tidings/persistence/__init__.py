@@ -1,0 +1,1 @@
+"""Stores: one module per technology (memory, sqlite, postgres), behind small protocols."""

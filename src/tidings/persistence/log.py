@@ -1,0 +1,122 @@
+"""The gap-safe ordered log: shared by the outbox and the event store.
+
+Both are append-only tables read in order by followers (the relay, subscribers, projections).
+The hard part is *gap safety* on PostgreSQL: sequence values are taken when a row is inserted,
+but transactions commit in any order, so a follower that reads "everything after position 41"
+may see 43 while 42 is still uncommitted, move its checkpoint past 42, and never see it.
+
+The fence used here is commit-order visibility by transaction id, not a timeout guess:
+
+* every row stores ``tx``, the 64-bit id of the transaction that wrote it
+  (``pg_current_xact_id()``, never wraps around);
+* a follower reads only rows with ``tx < pg_snapshot_xmin(pg_current_snapshot())``: every
+  transaction older than the snapshot's xmin has finished, so no row can later appear there;
+* rows are ordered, and checkpoints kept, by ``(tx, position)``. A late-committing transaction
+  has a ``tx`` at or above the fence until it commits, so it is read after it commits, never
+  skipped.
+
+On SQLite writers are serialized (``BEGIN IMMEDIATE``), so positions commit in order; ``tx`` is
+always 0 and the order is simply ``position``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Column,
+    ColumnElement,
+    Integer,
+    Select,
+    Table,
+    and_,
+    event,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
+
+
+class Checkpoint(NamedTuple):
+    """A follower's place in a log: the last ``(tx, position)`` it has processed."""
+
+    tx: int
+    position: int
+
+    def __str__(self) -> str:
+        return f"{self.tx}.{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse ``"tx.position"`` (or a bare ``position`` on stores where tx is always 0)."""
+        try:
+            if "." in text:
+                tx, position = text.split(".", 1)
+                return cls(int(tx), int(position))
+            return cls(0, int(text))
+        except ValueError:
+            raise ValueError(f"not a log checkpoint: {text!r} (expected 'tx.position')") from None
+
+
+START = Checkpoint(0, 0)
+
+PG_CURRENT_TX = "pg_current_xact_id()::text::bigint"
+PG_VISIBLE_FENCE = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+def log_columns() -> list[Column[Any]]:
+    """The two ordering columns every log table has: ``position`` and ``tx``."""
+    return [
+        Column(
+            "position",
+            BigInteger().with_variant(Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        Column("tx", BigInteger(), nullable=False, server_default="0", index=False),
+    ]
+
+
+def install_tx_default(table: Table) -> None:
+    """On PostgreSQL, make ``tx`` default to the writing transaction's id (at table creation).
+
+    Users who manage tables with Alembic must add the same default; see the README.
+    """
+    event.listen(
+        table,
+        "after_create",
+        DDL(  # type: ignore[no-untyped-call]
+            f"ALTER TABLE %(fullname)s ALTER COLUMN tx SET DEFAULT {PG_CURRENT_TX}"
+        ).execute_if(dialect="postgresql"),
+    )
+
+
+def after(table: Table, checkpoint: Checkpoint) -> ColumnElement[bool]:
+    """Rows strictly after ``checkpoint`` in ``(tx, position)`` order."""
+    tx, position = table.c.tx, table.c.position
+    return or_(tx > checkpoint.tx, and_(tx == checkpoint.tx, position > checkpoint.position))
+
+
+def visible(table: Table, dialect_name: str) -> ColumnElement[bool] | None:
+    """The commit-order fence for this dialect (None where writers commit in order)."""
+    if dialect_name == "postgresql":
+        return table.c.tx < literal_column(PG_VISIBLE_FENCE)
+    return None
+
+
+def read_after(
+    table: Table, checkpoint: Checkpoint, dialect_name: str, *, limit: int
+) -> Select[Any]:
+    """Select up to ``limit`` committed rows after ``checkpoint``, gap-safe, in log order."""
+    condition = after(table, checkpoint)
+    fence = visible(table, dialect_name)
+    if fence is not None:
+        condition = and_(condition, fence)
+    return select(table).where(condition).order_by(table.c.tx, table.c.position).limit(limit)
+
+
+def order_key(table: Table) -> ColumnElement[Any]:
+    return tuple_(table.c.tx, table.c.position)
