@@ -1,0 +1,1 @@
+"""The ordering domain: pure Python, using only tidings' public API."""
