@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Only the code folders that exist (a fresh checkout may not have every one yet).
+CODE := $(wildcard src tests bench examples)
 
 .PHONY: install demo test lint typecheck unit bench clean
 
@@ -19,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/tidings demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
