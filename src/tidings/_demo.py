@@ -16,7 +16,6 @@ import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -118,6 +117,8 @@ def run_demo(database: str | None = None, *, as_json: bool = False) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(database) if database else Path(tmp) / "tidings-demo.sqlite"
         engine = sqlite_engine(path)
+        # The demo owns its two tables: start from empty ones so --database can be reused.
+        Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         timeline: list[dict[str, Any]] = []
         handlers = build_handlers(timeline, reject={"order-2"})
@@ -168,7 +169,3 @@ def run_demo(database: str | None = None, *, as_json: bool = False) -> bool:
     for name, passed in checks.items():
         print(f"  [{'ok' if passed else 'FAIL'}] {name}")
     return ok
-
-
-def _uuid_or_none(value: str | None) -> UUID | None:
-    return UUID(value) if value else None

@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from tidings.core.envelope import Envelope, current_recording_context
+from tidings.core.envelope import Envelope, _context, current_cause
 from tidings.core.events import spec_of
 from tidings.core.ids import uuid7
 from tidings.errors import ConfigurationError
@@ -58,7 +58,8 @@ class Aggregate:
     def record(self, event: object) -> Envelope[Any]:
         """Record that ``event`` happened to this aggregate; returns its envelope."""
         spec = spec_of(type(event))
-        context = current_recording_context()
+        context = _context.get()
+        cause = current_cause()  # the event being handled, if any: this one's cause
         version = (self.version or 0) + 1
         self._before_record(event)
         self.version = version
@@ -71,8 +72,10 @@ class Aggregate:
             occurred_at=context.clock(),
             stream_id=self.stream_id,
             stream_version=version,
-            correlation_id=context.correlation_id or event_id,
-            causation_id=context.causation_id,
+            correlation_id=(
+                cause.correlation_id if cause is not None else context.correlation_id or event_id
+            ),
+            causation_id=cause.event_id if cause is not None else context.causation_id,
             producer=context.producer,
         )
         self._pending_list().append((next(_recording_sequence), envelope))
@@ -96,6 +99,26 @@ class Aggregate:
         """Called by the unit of work after a successful commit."""
         pending = self._pending_list()
         pending[:] = [item for item in pending if item[0] > up_to_sequence]
+
+    def _discard_recorded_since(self, watermark: int) -> None:
+        """Forget events recorded after ``watermark`` (a failed commit's handlers recorded them).
+
+        The version goes back with them, so a retry numbers the stream as if they never
+        happened. State an event-sourced apply method changed is not undone: reload the
+        aggregate if in-transaction handlers may have touched it.
+        """
+        pending = self._pending_list()
+        dropped = [envelope for sequence, envelope in pending if sequence > watermark]
+        if not dropped:
+            return
+        pending[:] = [item for item in pending if item[0] <= watermark]
+        if dropped[0].stream_version is not None:
+            self.version = dropped[0].stream_version - 1
+
+
+def recording_watermark() -> int:
+    """A number greater than every recording so far and smaller than every later one."""
+    return next(_recording_sequence)
 
 
 def identity(aggregate: Aggregate) -> Any:

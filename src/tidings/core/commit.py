@@ -21,9 +21,10 @@ Any exception from any step propagates out of the generator; the shell rolls bac
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tidings.core.aggregate import Aggregate
 from tidings.core.dispatch import Handlers, Subscription, Timing
@@ -32,13 +33,21 @@ from tidings.errors import CascadeLimitExceeded
 
 DEFAULT_MAX_ROUNDS = 100
 
+_IN_TRANSACTION = Timing.IN_TRANSACTION  # a global read is cheaper than an Enum member lookup
+_sequence_of = operator.itemgetter(0)
 
-@dataclass(frozen=True, slots=True)
-class Invoke:
-    """Run one in-transaction handler for one event."""
 
-    subscription: Subscription
-    envelope: Envelope[Any]
+class Dispatch(NamedTuple):
+    """Run the in-transaction handlers of one round: event by event in recording order.
+
+    ``subscriptions[i]`` are the handlers of ``envelopes[i]``, in registration order. One step
+    per round, in two parallel lists, so the hot path allocates no object per event (object
+    allocations are what trigger the garbage collector; see ``bench/dispatch.py``). Events
+    recorded by these handlers are picked up by the next round either way.
+    """
+
+    envelopes: list[Envelope[Any]]
+    subscriptions: list[tuple[Subscription, ...]]
 
 
 @dataclass(slots=True)
@@ -52,7 +61,9 @@ class CommitBatch:
 
     @property
     def last_sequence(self) -> int:
-        return self.sequences[-1] if self.sequences else 0
+        # The maximum, not the last: an aggregate that joins in a later round may bring
+        # events recorded before the commit began, so later rounds can hold smaller numbers.
+        return max(self.sequences, default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,7 @@ class Commit:
     """Commit the transaction."""
 
 
-Step = Invoke | Persist | Commit
+Step = Dispatch | Persist | Commit
 
 
 def commit_steps(
@@ -79,43 +90,75 @@ def commit_steps(
     """Yield the steps of one commit; return the committed batch."""
     batch = CommitBatch()
     dispatched: set[int] = set()
+    in_batch: set[int] = set()  # ids of batch.aggregates, to keep membership O(1)
     rounds = 0
     while True:
-        fresh: list[tuple[int, Envelope[Any], Aggregate]] = []
+        # The aggregates' own (sequence, envelope) items, not new tuples: see Dispatch.
+        fresh: list[tuple[int, Envelope[Any]]] = []
+        # Aggregates not in the batch yet, keyed by their first fresh sequence.
+        joining: list[tuple[int, Aggregate]] = []
         seen_aggregates: set[int] = set()
         for aggregate in aggregates():
             if id(aggregate) in seen_aggregates:
                 continue
             seen_aggregates.add(id(aggregate))
-            for sequence, envelope in aggregate._pending_list():
-                if sequence not in dispatched:
-                    fresh.append((sequence, envelope, aggregate))
+            first = len(fresh)
+            for item in aggregate._pending_list():
+                if item[0] not in dispatched:
+                    fresh.append(item)
+            if len(fresh) > first and id(aggregate) not in in_batch:
+                joining.append((fresh[first][0], aggregate))
         if not fresh:
             break
         rounds += 1
         if rounds > max_rounds:
             raise CascadeLimitExceeded(_cycle_message(max_rounds, batch, fresh))
-        fresh.sort(key=lambda item: item[0])
-        for sequence, envelope, aggregate in fresh:
-            dispatched.add(sequence)
-            batch.envelopes.append(envelope)
-            batch.sequences.append(sequence)
-            if not any(a is aggregate for a in batch.aggregates):
-                batch.aggregates.append(aggregate)
-        for _, envelope, _ in fresh:
-            for subscription in handlers.for_type(type(envelope.event), Timing.IN_TRANSACTION):
-                yield Invoke(subscription, envelope)
+        fresh.sort(key=_sequence_of)
+        sequences = [item[0] for item in fresh]
+        envelopes = [item[1] for item in fresh]
+        dispatched.update(sequences)
+        batch.sequences.extend(sequences)
+        batch.envelopes.extend(envelopes)
+        # In order of first appearance in the batch, as the events are.
+        joining.sort(key=_sequence_of)
+        for _, aggregate in joining:
+            in_batch.add(id(aggregate))
+            batch.aggregates.append(aggregate)
+        step = plan_round(envelopes, handlers)
+        if step.envelopes:
+            yield step
     # Aggregates that changed state without recording anything still need persisting.
     for aggregate in aggregates():
-        if not any(a is aggregate for a in batch.aggregates):
+        if id(aggregate) not in in_batch:
+            in_batch.add(id(aggregate))
             batch.aggregates.append(aggregate)
     yield Persist(batch)
     yield Commit()
     return batch
 
 
+def plan_round(envelopes: list[Envelope[Any]], handlers: Handlers) -> Dispatch:
+    """The events of a round that reach in-transaction handlers, with those handlers.
+
+    The per-event hot path of a commit (``bench/dispatch.py`` measures it): it reads the
+    resolution cache of :meth:`Handlers.for_type` directly and only calls it on a miss.
+    """
+    cache = handlers._in_transaction_cache
+    targets: list[Envelope[Any]] = []
+    reached: list[tuple[Subscription, ...]] = []
+    for envelope in envelopes:
+        kind = type(envelope.event)
+        subscriptions = cache.get(kind)
+        if subscriptions is None:
+            subscriptions = handlers.for_type(kind, _IN_TRANSACTION)
+        if subscriptions:
+            targets.append(envelope)
+            reached.append(subscriptions)
+    return Dispatch(targets, reached)
+
+
 def _cycle_message(
-    max_rounds: int, batch: CommitBatch, fresh: list[tuple[int, Envelope[Any], Aggregate]]
+    max_rounds: int, batch: CommitBatch, fresh: list[tuple[int, Envelope[Any]]]
 ) -> str:
     by_id = {envelope.event_id: envelope for envelope in batch.envelopes}
     chain: list[str] = []

@@ -51,6 +51,10 @@ class Timing(enum.Enum):
     AFTER_COMMIT = "after_commit"
 
 
+# Module constant: looking a member up on the Enum class is slower than a global read.
+_IN_TRANSACTION = Timing.IN_TRANSACTION
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
     """What a handler may know besides the event."""
@@ -81,6 +85,8 @@ class Subscription:
     wants_context: bool
     is_async: bool
     order: int
+    #: A synchronous handler of the event alone: the fast path of in-transaction dispatch.
+    direct: bool = False
 
     def matches(self, concrete: type) -> bool:
         return _matches(concrete, self.event_type)
@@ -116,11 +122,9 @@ def _protocol_members(proto: type) -> set[str]:
         if klass is object or not _is_protocol(klass) or klass.__name__ in ("Protocol", "Generic"):
             continue
         members.update(getattr(klass, "__annotations__", {}))
-        members.update(
-            name
-            for name, value in vars(klass).items()
-            if not name.startswith("_") and callable(value)
-        )
+        # Every public name the protocol defines: methods, but also properties and constants,
+        # or a protocol of properties alone would match every event type.
+        members.update(name for name in vars(klass) if not name.startswith("_"))
     return members
 
 
@@ -142,7 +146,10 @@ class Handlers:
 
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
-        self._cache: dict[tuple[type, Timing], tuple[Subscription, ...]] = {}
+        # One cache per timing, keyed by the concrete class alone: hashing a (type, Timing) key
+        # calls Enum.__hash__ in Python, which cost more than the rest of a dispatch.
+        self._in_transaction_cache: dict[type, tuple[Subscription, ...]] = {}
+        self._after_commit_cache: dict[type, tuple[Subscription, ...]] = {}
         self._lock = threading.Lock()
 
     # -- registration ------------------------------------------------------------------------
@@ -171,14 +178,20 @@ class Handlers:
                 f"it takes {arity} positional parameters"
             )
         subscriber_name = name or handler_name(handler)
+        is_async = inspect.iscoroutinefunction(handler)
         with self._lock:
+            # One subscriber may handle several event types (a saga, a projection), but one
+            # name registered twice for the same type is two handlers claiming one position.
             if when is Timing.AFTER_COMMIT and any(
-                s.timing is Timing.AFTER_COMMIT and s.name == subscriber_name
+                s.timing is Timing.AFTER_COMMIT
+                and s.name == subscriber_name
+                and s.event_type is event_type
                 for s in self._subscriptions
             ):
                 raise ConfigurationError(
-                    f"an after-commit subscriber named {subscriber_name!r} already exists: "
-                    "subscriber names key their positions, so they must be unique (pass name=)"
+                    f"after-commit subscriber {subscriber_name!r} already handles "
+                    f"{event_type.__qualname__}: subscriber names key their positions, so give "
+                    "each handler its own name= (or one handler per event type per subscriber)"
                 )
             subscription = Subscription(
                 event_type=event_type,
@@ -186,11 +199,13 @@ class Handlers:
                 timing=when,
                 name=subscriber_name,
                 wants_context=arity == 2,
-                is_async=inspect.iscoroutinefunction(handler),
+                is_async=is_async,
                 order=len(self._subscriptions),
+                direct=arity == 1 and not is_async,
             )
             self._subscriptions.append(subscription)
-            self._cache.clear()
+            self._in_transaction_cache = {}
+            self._after_commit_cache = {}
         return subscription
 
     def in_transaction(self, event_type: type) -> Callable[[H], H]:
@@ -222,13 +237,16 @@ class Handlers:
         return [s for s in self._subscriptions if timing is None or s.timing is timing]
 
     def for_type(self, concrete: type, timing: Timing) -> tuple[Subscription, ...]:
-        key = (concrete, timing)
-        found = self._cache.get(key)
+        """The subscriptions ``concrete`` events reach at ``timing``, in registration order."""
+        cache = (
+            self._in_transaction_cache if timing is _IN_TRANSACTION else self._after_commit_cache
+        )
+        found = cache.get(concrete)
         if found is None:
             found = tuple(
                 s for s in self._subscriptions if s.timing is timing and s.matches(concrete)
             )
-            self._cache[key] = found
+            cache[concrete] = found
         return found
 
     def subscribers(self) -> dict[str, list[Subscription]]:

@@ -25,18 +25,27 @@ from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
 
-from tidings.core.aggregate import Aggregate
+from tidings.core.aggregate import Aggregate, recording_watermark
 from tidings.core.commit import (
     DEFAULT_MAX_ROUNDS,
     Commit,
     CommitBatch,
-    Invoke,
+    Dispatch,
     Persist,
     Step,
     commit_steps,
 )
-from tidings.core.dispatch import HandlerContext, Handlers
-from tidings.core.envelope import Clock, RecordingContext, _context, caused_by, restore
+from tidings.core.dispatch import HandlerContext, Handlers, Subscription
+from tidings.core.envelope import (
+    Cause,
+    CauseToken,
+    Clock,
+    Envelope,
+    RecordingContext,
+    _cause,
+    _context,
+    current_recording_context,
+)
 from tidings.core.ids import uuid7
 from tidings.errors import UnitOfWorkError
 
@@ -65,7 +74,13 @@ class UnitOfWorkBase:
         self._tracked: list[Aggregate] = []
         self._active = False
         self._committed = False
+        self._rolled_back = False
+        self._watermark = 0
         self._token: contextvars.Token[RecordingContext] | None = None
+        self._cause_token: CauseToken | None = None
+        self._cause = Cause()
+        self._dispatching = False
+        self._handler_context: HandlerContext | None = None
         #: The batch written by the last successful commit.
         self.last_commit: CommitBatch | None = None
 
@@ -95,8 +110,9 @@ class UnitOfWorkBase:
             raise UnitOfWorkError("the unit of work is already open (units of work do not nest)")
         self._active = True
         self._committed = False
+        self._rolled_back = False
         self._tracked = []
-        outer = _context.get()
+        outer = current_recording_context()
         self.correlation_id = self._fixed_correlation_id or outer.correlation_id or uuid7()
         self._token = _context.set(
             RecordingContext(
@@ -106,27 +122,83 @@ class UnitOfWorkBase:
                 clock=self._clock or outer.clock,
             )
         )
+        # An outer cause is folded in above. Inside, this unit of work's own cell holds the
+        # cause: dispatch points it at each event in turn (see tidings.core.envelope).
+        self._cause = Cause()
+        self._cause_token = _cause.set(self._cause)
 
     def _close(self) -> None:
         self._active = False
         self._tracked = []
+        self._handler_context = None
         if self._token is not None:
             try:
+                if self._cause_token is not None:
+                    _cause.reset(self._cause_token)
                 _context.reset(self._token)
             except ValueError:  # closed from another context (e.g. a different task)
                 pass
             self._token = None
+            self._cause_token = None
 
     def _steps(self) -> Generator[Step, None, CommitBatch]:
         self._require_active()
+        if self._dispatching:
+            raise UnitOfWorkError(
+                "commit() was called from an in-transaction handler; the unit of work commits "
+                "once, after its handlers return"
+            )
         if self._committed:
             raise UnitOfWorkError("this unit of work was already committed; open a new one")
+        if self._rolled_back:
+            # After a rollback the tracked objects may still carry what the failed attempt did
+            # to them (the in-memory store's working copies do): committing them now would
+            # commit the effects of handlers that failed.
+            raise UnitOfWorkError(
+                "this unit of work was rolled back; leave the block and open a new one"
+            )
+        self._watermark = recording_watermark()
         return commit_steps(self.aggregates, self.handlers, max_rounds=self.max_rounds)
 
-    def _context_for(self, step: Invoke) -> HandlerContext:
-        return HandlerContext(
-            envelope=step.envelope, uow=self, delivery_id=str(step.envelope.event_id)
-        )
+    def _context_for(self, envelope: Envelope[Any]) -> HandlerContext:
+        # One per event, shared by its handlers (it is immutable).
+        context = self._handler_context
+        if context is None or context.envelope is not envelope:
+            context = self._handler_context = HandlerContext(
+                envelope=envelope, uow=self, delivery_id=str(envelope.event_id)
+            )
+        return context
+
+    # While a round's handlers run, the shells point this unit of work's cause cell at each
+    # event in turn. The cell was installed in the context that opened the unit of work; if
+    # commit runs in another one (inside ``recording_context()``, another task), it is installed
+    # there too for the duration of the round.
+
+    def _enter_round(self) -> CauseToken | None:
+        self._dispatching = True
+        cell = self._cause
+        return _cause.set(cell) if _cause.get() is not cell else None
+
+    def _leave_round(self, token: CauseToken | None) -> None:
+        self._cause.envelope = None
+        self._dispatching = False
+        if token is not None:
+            _cause.reset(token)
+
+    def _abandon(self) -> None:
+        """A commit failed: forget what its handlers recorded, before the store rolls back.
+
+        The events the application recorded before ``commit()`` stay pending (undelivered);
+        events recorded by in-transaction handlers during the attempt were effects of the
+        rolled-back transaction, and a retry re-runs those handlers anyway.
+        """
+        self._rolled_back = True
+        try:
+            aggregates = list(self.aggregates())
+        except Exception:  # a broken session must not hide the error that broke it
+            aggregates = list(self._tracked)
+        for aggregate in aggregates:
+            aggregate._discard_recorded_since(self._watermark)
 
     def _finish(self, batch: CommitBatch) -> None:
         self._committed = True
@@ -135,10 +207,10 @@ class UnitOfWorkBase:
             aggregate._committed(batch.last_sequence)
 
 
-def _annotate(exc: BaseException, step: Invoke) -> None:
+def _annotate(exc: BaseException, subscription: Subscription, envelope: Envelope[Any]) -> None:
     exc.add_note(
-        f"raised by in-transaction handler {step.subscription.name} "
-        f"for {step.envelope.describe()}; the unit of work was rolled back"
+        f"raised by in-transaction handler {subscription.name} "
+        f"for {envelope.describe()}; the unit of work was rolled back"
     )
 
 
@@ -178,8 +250,8 @@ class UnitOfWork(UnitOfWorkBase):
         try:
             step = next(steps)
             while True:
-                if isinstance(step, Invoke):
-                    self._invoke(step)
+                if isinstance(step, Dispatch):
+                    self._dispatch(step)
                 elif isinstance(step, Persist):
                     self._persist(step.batch)
                 else:
@@ -188,6 +260,7 @@ class UnitOfWork(UnitOfWorkBase):
         except StopIteration as done:
             batch: CommitBatch = done.value
         except BaseException:
+            self._abandon()
             self._rollback()
             raise
         self._finish(batch)
@@ -196,33 +269,49 @@ class UnitOfWork(UnitOfWorkBase):
 
     def rollback(self) -> None:
         self._require_active()
+        self._rolled_back = True
         self._rollback()
 
-    def _invoke(self, step: Invoke) -> None:
-        subscription = step.subscription
+    def _dispatch(self, step: Dispatch) -> None:
+        """Run one round's handlers: the hot path (keep it lean; see bench/dispatch.py)."""
+        token = self._enter_round()
+        cell = self._cause
+        try:
+            # zip reuses its result tuple when it is unpacked at once: no allocation. The lists
+            # are built together by plan_round, so the length check of strict= is not needed.
+            for envelope, subscriptions in zip(step.envelopes, step.subscriptions):  # noqa: B905
+                cell.envelope = envelope
+                event = envelope.event
+                for subscription in subscriptions:
+                    try:
+                        if subscription.direct:
+                            result = subscription.handler(event)
+                        else:
+                            result = self._call(subscription, envelope)
+                        # `is not None` first: inspect.isawaitable is slow; handlers return None.
+                        if result is not None and inspect.isawaitable(result):
+                            if inspect.iscoroutine(result):
+                                result.close()
+                            raise UnitOfWorkError(
+                                f"in-transaction handler {subscription.name} returned an "
+                                "awaitable in a synchronous unit of work"
+                            )
+                    except BaseException as exc:
+                        _annotate(exc, subscription, envelope)
+                        raise
+        finally:
+            self._leave_round(token)
+
+    def _call(self, subscription: Subscription, envelope: Envelope[Any]) -> Any:
+        """The handlers off the fast path: those taking a context, and coroutines (refused)."""
         if subscription.is_async:
             raise UnitOfWorkError(
                 f"in-transaction handler {subscription.name} is a coroutine function: "
-                "use an asyncio unit of work, or make the handler synchronous"
+                "use an asyncio unit of work, or make it synchronous"
             )
-        token = caused_by(step.envelope)
-        try:
-            if subscription.wants_context:
-                result = subscription.handler(step.envelope.event, self._context_for(step))
-            else:
-                result = subscription.handler(step.envelope.event)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise UnitOfWorkError(
-                    f"in-transaction handler {subscription.name} returned an awaitable in a "
-                    "synchronous unit of work"
-                )
-        except BaseException as exc:
-            _annotate(exc, step)
-            raise
-        finally:
-            restore(token)
+        if subscription.wants_context:
+            return subscription.handler(envelope.event, self._context_for(envelope))
+        return subscription.handler(envelope.event)
 
     # -- store hooks -------------------------------------------------------------------------
 
@@ -280,8 +369,8 @@ class AsyncUnitOfWork(UnitOfWorkBase):
         try:
             step = next(steps)
             while True:
-                if isinstance(step, Invoke):
-                    await self._invoke(step)
+                if isinstance(step, Dispatch):
+                    await self._dispatch(step)
                 elif isinstance(step, Persist):
                     await self._persist(step.batch)
                 elif isinstance(step, Commit):
@@ -290,6 +379,7 @@ class AsyncUnitOfWork(UnitOfWorkBase):
         except StopIteration as done:
             batch: CommitBatch = done.value
         except BaseException:
+            self._abandon()
             await self._rollback()
             raise
         self._finish(batch)
@@ -298,24 +388,32 @@ class AsyncUnitOfWork(UnitOfWorkBase):
 
     async def rollback(self) -> None:
         self._require_active()
+        self._rolled_back = True
         await self._rollback()
 
-    async def _invoke(self, step: Invoke) -> None:
-        subscription = step.subscription
-        token = caused_by(step.envelope)
+    async def _dispatch(self, step: Dispatch) -> None:
+        token = self._enter_round()
+        cell = self._cause
         try:
-            result: Any
-            if subscription.wants_context:
-                result = subscription.handler(step.envelope.event, self._context_for(step))
-            else:
-                result = subscription.handler(step.envelope.event)
-            if inspect.isawaitable(result):
-                await result
-        except BaseException as exc:
-            _annotate(exc, step)
-            raise
+            # zip reuses its result tuple when it is unpacked at once: no allocation. The lists
+            # are built together by plan_round, so the length check of strict= is not needed.
+            for envelope, subscriptions in zip(step.envelopes, step.subscriptions):  # noqa: B905
+                cell.envelope = envelope
+                event = envelope.event
+                for subscription in subscriptions:
+                    try:
+                        result: Any
+                        if subscription.wants_context:
+                            result = subscription.handler(event, self._context_for(envelope))
+                        else:
+                            result = subscription.handler(event)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                    except BaseException as exc:
+                        _annotate(exc, subscription, envelope)
+                        raise
         finally:
-            restore(token)
+            self._leave_round(token)
 
     async def _begin(self) -> None:
         """Start the transaction."""
