@@ -1,0 +1,613 @@
+"""Event store benchmark: tidings beside the ``eventsourcing`` package (9.5.6), same workload.
+
+Both sides are durable with their default settings (SQLite in WAL mode with fsync on commit;
+PostgreSQL with its server defaults), one transaction per command, on the same machine, in the
+same run. Workloads:
+
+(a) commands, one event each: half create an aggregate, half load and update a random one;
+(b) appends of 100 events per save;
+(c) loading a 10,000-event aggregate, with and without a snapshot;
+(d) projection catch-up over the events of (a), read model and checkpoint in the database.
+
+Also printed: the raw driver ceiling, plain sqlite3 and psycopg inserting one row per commit.
+
+    python bench/eventstore.py [--quick] [--backend sqlite|postgres|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate as PeerAggregate
+from eventsourcing.domain import event as peer_event
+from eventsourcing.persistence import Tracking
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+)
+from sqlalchemy import insert as sql_insert
+from sqlalchemy import update as sql_update
+
+from tidings import EventSourcedAggregate, applies, event
+from tidings.core.envelope import Envelope
+from tidings.eventsourcing import (
+    EventSourcedRepository,
+    EventStore,
+    EventStoreParticipant,
+    Projection,
+    ProjectionRunner,
+    SnapshotPolicy,
+    default_schema,
+)
+from tidings.persistence.sql import SqlUnitOfWork
+from tidings.persistence.sqlite import sqlite_engine
+
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+# -- tidings side ------------------------------------------------------------------------------
+
+
+@event(name="bench.Opened")
+class Opened:
+    owner: str
+
+
+@event(name="bench.Deposited")
+class Deposited:
+    amount: int
+
+
+@event(name="bench.AccountState")
+class AccountState:
+    owner: str
+    balance: int
+
+
+class Account(EventSourcedAggregate):
+    owner: str
+    balance: int
+
+    @classmethod
+    def open(cls, id: str, owner: str) -> Account:
+        account = cls.blank(id)
+        account.record(Opened(owner))
+        return account
+
+    def deposit(self, amount: int) -> None:
+        self.record(Deposited(amount))
+
+    @applies(Opened)
+    def _opened(self, opened: Opened) -> None:
+        self.owner = opened.owner
+        self.balance = 0
+
+    @applies(Deposited)
+    def _deposited(self, deposited: Deposited) -> None:
+        self.balance += deposited.amount
+
+    def to_snapshot(self) -> AccountState:
+        return AccountState(self.owner, self.balance)
+
+    @classmethod
+    def from_snapshot(cls, id: Any, version: int, state: AccountState) -> Account:
+        account = cls.blank(id)
+        account.owner, account.balance = state.owner, state.balance
+        return account
+
+
+class Balances(Projection):
+    """The read model: a balance per account, applied a page at a time with executemany."""
+
+    name = "bench-balances"
+
+    def define_tables(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
+        table = Table(
+            f"bench_balances{suffix}",
+            metadata,
+            Column("account", String(100), primary_key=True),
+            Column("balance", Integer, nullable=False),
+        )
+        self.open_account = sql_insert(table)
+        self.add_to_balance = (
+            sql_update(table)
+            .where(table.c.account == bindparam("acct"))
+            .values(balance=table.c.balance + bindparam("delta"))
+        )
+        return {"balances": table}
+
+    def handle_page(
+        self, envelopes: list[Envelope[Any]], conn: Connection, tables: dict[str, Table]
+    ) -> None:
+        opened: list[dict[str, Any]] = []
+        deltas: dict[str | None, int] = {}
+        for envelope in envelopes:
+            if isinstance(envelope.event, Opened):
+                opened.append({"account": envelope.stream_id, "balance": 0})
+            else:
+                deltas[envelope.stream_id] = (
+                    deltas.get(envelope.stream_id, 0) + envelope.event.amount
+                )
+        # Opened always precedes a stream's deposits, so inserting first keeps log order.
+        if opened:
+            conn.execute(self.open_account, opened)
+        if deltas:
+            conn.execute(self.add_to_balance, [{"acct": a, "delta": d} for a, d in deltas.items()])
+
+
+class TidingsSide:
+    """Commands through the unit of work: repository load, record, commit."""
+
+    name = "tidings uow"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        default_schema.create_all(engine)
+        self.participant = EventStoreParticipant()
+        self.uow = SqlUnitOfWork(engine, participants=[self.participant])
+        self.store = EventStore(engine, snapshots=SnapshotPolicy(every=1_000_000_000))
+
+    def create(self, id: str) -> None:
+        with self.uow:
+            EventSourcedRepository(self.uow, self.participant).add(Account.open(id, "bench"))
+            self.uow.commit()
+
+    def update(self, id: str) -> None:
+        with self.uow:
+            EventSourcedRepository(self.uow, self.participant).load(Account, id).deposit(1)
+            self.uow.commit()
+
+    def start_batches(self, id: str) -> Any:
+        account = Account.open(id, "bench")
+        self.store.save(account)
+        return account
+
+    def append_batch(self, account: Any, size: int) -> None:
+        for _ in range(size):
+            account.deposit(1)
+        with self.uow:
+            EventSourcedRepository(self.uow, self.participant).add(account)
+            self.uow.commit()
+
+    def build_long(self, id: str, events: int, snapshot: bool) -> None:
+        account = Account.open(id, "bench")
+        self.store.save(account)
+        while account.version < events:
+            for _ in range(min(1000, events - account.version)):
+                account.deposit(1)
+            self.store.save(account)
+        if snapshot:
+            with self.engine.begin() as conn:
+                row = {
+                    "stream_id": account.stream_id,
+                    "stream_version": account.version,
+                    "state_type": "bench.AccountState",
+                    "state_version": 1,
+                    "state": self.store.codec.encode_payload(account.to_snapshot()),
+                    "taken_at": time_now(),
+                }
+                conn.execute(sql_insert(default_schema.snapshots), [row])
+
+    def load(self, id: str, snapshot: bool) -> int:
+        return self.store.load(Account, id, use_snapshots=snapshot).version
+
+    def catch_up(self) -> int:
+        return ProjectionRunner(self.engine, Balances(), page_size=1000).catch_up()
+
+
+class TidingsStoreSide(TidingsSide):
+    """The same commands through the store's direct API (load, then save), as the peer's
+    ``repository.get`` + ``app.save`` do: no unit of work, no handlers."""
+
+    name = "tidings store"
+
+    def create(self, id: str) -> None:
+        self.store.save(Account.open(id, "bench"))
+
+    def update(self, id: str) -> None:
+        account = self.store.load(Account, id)
+        account.deposit(1)
+        self.store.save(account)
+
+
+def time_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+# -- eventsourcing side ------------------------------------------------------------------------
+
+
+class PeerAccount(PeerAggregate):
+    """The same account on the peer (its classes are registered by topic: declare them once)."""
+
+    @peer_event("Opened")
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.balance = 0
+
+    @peer_event("Deposited")
+    def deposit(self, amount: int) -> None:
+        self.balance += amount
+
+
+class Bank(Application[Any]):
+    is_snapshotting_enabled = True
+
+
+def peer_side(env: dict[str, str], backend: str) -> Any:
+    if backend == "sqlite":
+        from eventsourcing.sqlite import SQLiteTrackingRecorder as TrackingBase
+    else:
+        from eventsourcing.postgres import PostgresTrackingRecorder as TrackingBase
+
+    class BalancesView(TrackingBase):  # type: ignore[misc, valid-type]
+        """The peer's read model: its documented pattern, view change + tracking per event."""
+
+        def __init__(self, datastore: Any, **kwargs: Any) -> None:
+            super().__init__(datastore, **kwargs)
+            if backend == "postgres":
+                from psycopg.sql import SQL, Identifier
+
+                self.table = f'"{datastore.schema}".peer_balances'
+                self.sql_create_statements.append(
+                    SQL(
+                        "CREATE TABLE IF NOT EXISTS {0}.peer_balances "
+                        "(account TEXT PRIMARY KEY, balance INTEGER NOT NULL)"
+                    ).format(Identifier(datastore.schema))
+                )
+                self.mark = "%s"
+            else:
+                self.table = "peer_balances"
+                self.mark = "?"
+
+        def construct_create_table_statements(self) -> list[str]:
+            statements: list[str] = super().construct_create_table_statements()
+            statements.append(
+                "CREATE TABLE IF NOT EXISTS peer_balances "
+                "(account TEXT PRIMARY KEY, balance INTEGER NOT NULL)"
+            )
+            return statements
+
+        def apply(self, account: str, delta: int | None, tracking: Tracking) -> None:
+            m = self.mark
+            with self.datastore.transaction(commit=True) as c:
+                if delta is None:
+                    c.execute(f"INSERT INTO {self.table} VALUES ({m}, 0)", (account,))
+                else:
+                    c.execute(
+                        f"UPDATE {self.table} SET balance = balance + {m} WHERE account = {m}",
+                        (delta, account),
+                    )
+                self._insert_tracking(c, tracking)
+
+    class PeerSide:
+        name = "eventsourcing"
+
+        def __init__(self) -> None:
+            self.app = Bank(env=env)
+            self.ids: dict[str, Any] = {}
+
+        def create(self, id: str) -> None:
+            account = PeerAccount("bench")
+            self.ids[id] = account.id
+            self.app.save(account)
+
+        def update(self, id: str) -> None:
+            account = self.app.repository.get(self.ids[id])
+            account.deposit(1)
+            self.app.save(account)
+
+        def start_batches(self, id: str) -> Any:
+            account = PeerAccount("bench")
+            self.app.save(account)
+            return account
+
+        def append_batch(self, account: Any, size: int) -> None:
+            for _ in range(size):
+                account.deposit(1)
+            self.app.save(account)
+
+        def build_long(self, id: str, events: int, snapshot: bool) -> None:
+            account = PeerAccount("bench")
+            self.ids[id] = account.id
+            self.app.save(account)
+            while account.version < events:
+                for _ in range(min(1000, events - account.version)):
+                    account.deposit(1)
+                self.app.save(account)
+            if snapshot:
+                self.app.take_snapshot(account.id)
+
+        def load(self, id: str, snapshot: bool) -> int:
+            return int(self.app.repository.get(self.ids[id]).version)
+
+        def catch_up(self) -> int:
+            from eventsourcing.persistence import InfrastructureFactory
+
+            view = InfrastructureFactory.construct(
+                env={**env, "CREATE_TABLE": "y"}
+            ).tracking_recorder(BalancesView)
+            mapper = self.app.mapper
+            start = (view.max_tracking_id(self.app.name) or 0) + 1
+            done = 0
+            while True:
+                notifications = self.app.recorder.select_notifications(start=start, limit=1000)
+                if not notifications:
+                    return done
+                for notification in notifications:
+                    domain_event: Any = mapper.to_domain_event(notification)
+                    tracking = Tracking(self.app.name, notification.id)
+                    amount = getattr(domain_event, "amount", None)
+                    view.apply(str(domain_event.originator_id), amount, tracking)
+                    done += 1
+                start = notifications[-1].id + 1
+
+    return PeerSide()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    backend: str
+    side: str
+    workload: str
+    events: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def timed(fn: Callable[[], Any], latencies: list[float]) -> Any:
+    start = time.perf_counter()
+    result = fn()
+    latencies.append(time.perf_counter() - start)
+    return result
+
+
+def workload_a(side: Any, backend: str, commands: int, seed: int) -> Result:
+    rng = random.Random(seed)
+    created: list[str] = []
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for i in range(commands):
+        if i % 2 == 0:
+            new_id = uuid.uuid4().hex
+            timed(lambda new_id=new_id: side.create(new_id), latencies)
+            created.append(new_id)
+        else:
+            chosen = rng.choice(created)
+            timed(lambda chosen=chosen: side.update(chosen), latencies)
+    return Result(
+        backend, side.name, "a) commands", commands, time.perf_counter() - started, latencies
+    )
+
+
+def workload_b(side: Any, backend: str, saves: int) -> Result:
+    account = side.start_batches(uuid.uuid4().hex)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for _ in range(saves):
+        timed(lambda: side.append_batch(account, 100), latencies)
+    seconds = time.perf_counter() - started
+    return Result(backend, side.name, "b) 100/save", saves * 100, seconds, latencies)
+
+
+def workload_c(side: Any, backend: str, events: int, repeats: int) -> list[Result]:
+    results = []
+    for snapshot in (False, True):
+        id = uuid.uuid4().hex
+        side.build_long(id, events, snapshot)
+        latencies: list[float] = []
+        for _ in range(repeats):
+            version = timed(lambda id=id, snapshot=snapshot: side.load(id, snapshot), latencies)
+            assert version == events, (side.name, version)
+        median = statistics.median(latencies)
+        label = "c) load, snapshot" if snapshot else "c) load, replay"
+        results.append(Result(backend, side.name, label, events, median, latencies))
+    return results
+
+
+def workload_d(side: Any, backend: str) -> Result:
+    started = time.perf_counter()
+    done = side.catch_up()
+    return Result(backend, side.name, "d) projection", done, time.perf_counter() - started)
+
+
+def ceiling_sqlite(directory: Path, rows: int) -> Result:
+    conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, data BLOB)")
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for _ in range(rows):
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO raw (data) VALUES (?)", (b'{"amount":1}',))
+        conn.execute("COMMIT")
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - started
+    conn.close()
+    return Result("sqlite", "raw sqlite3", "1 row/commit", rows, seconds, latencies)
+
+
+def ceiling_postgres(schema: str, rows: int) -> Result:
+    with psycopg.connect(**POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{schema}".raw (id BIGSERIAL PRIMARY KEY, data BYTEA)')
+        latencies: list[float] = []
+        started = time.perf_counter()
+        for _ in range(rows):
+            t0 = time.perf_counter()
+            conn.execute(f'INSERT INTO "{schema}".raw (data) VALUES (%s)', (b'{"amount":1}',))
+            latencies.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - started
+    return Result("postgres", "raw psycopg", "1 row/commit", rows, seconds, latencies)
+
+
+@contextmanager
+def postgres_schema(label: str) -> Iterator[str]:
+    schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(**POSTGRES, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@dataclass
+class Sizes:
+    commands: int
+    batch_saves: int
+    long_stream: int
+    load_repeats: int
+    raw_rows: int
+
+
+def run_backend(backend: str, sizes: Sizes, directory: Path) -> list[Result]:
+    results: list[Result] = []
+    with postgres_schema("tidings") as tidings_schema, postgres_schema("peer") as peer_schema:
+        if backend == "sqlite":
+            engine = sqlite_engine(directory / "tidings.db")
+            peer_env = {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(directory / "peer.db"),
+            }
+        else:
+            engine = create_engine(
+                "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                connect_args={"options": f"-csearch_path={tidings_schema}"},
+            )
+            peer_env = {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": "test",
+                "POSTGRES_HOST": "127.0.0.1",
+                "POSTGRES_PORT": "5432",
+                "POSTGRES_USER": "postgres",
+                "POSTGRES_PASSWORD": "",
+                "POSTGRES_SCHEMA": peer_schema,
+            }
+        sides = [TidingsSide(engine), peer_side(peer_env, backend)]
+        for side in sides:
+            results.append(workload_a(side, backend, sizes.commands, seed=7))
+        # (d) right after (a): each side's projection catches up over exactly (a)'s events.
+        for side in sides:
+            results.append(workload_d(side, backend))
+        # The direct store API on the same commands, a quarter of the count to keep it short.
+        results.append(workload_a(TidingsStoreSide(engine), backend, sizes.commands // 4, seed=7))
+        for side in sides:
+            results.append(workload_b(side, backend, sizes.batch_saves))
+        for side in sides:
+            results.extend(workload_c(side, backend, sizes.long_stream, sizes.load_repeats))
+        if backend == "sqlite":
+            results.append(ceiling_sqlite(directory, sizes.raw_rows))
+        else:
+            results.append(ceiling_postgres(tidings_schema, sizes.raw_rows))
+        engine.dispose()
+    return results
+
+
+def fmt(value: float | None) -> str:
+    return f"{value:8.2f}" if value is not None else "       -"
+
+
+def report(results: list[Result]) -> list[str]:
+    print(f"{'backend':<9} {'workload':<20} {'side':<14} {'events':>7} {'events/s':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")  # fmt: skip
+    for r in results:
+        print(
+            f"{r.backend:<9} {r.workload:<20} {r.side:<14} {r.events:>7} {r.rate:>10,.0f} "
+            f"{fmt(r.percentile(0.5))} {fmt(r.percentile(0.99))}"
+        )
+    by = {(r.backend, r.side, r.workload): r for r in results}
+    verdicts: list[str] = []
+
+    def target(label: str, value: float, goal: float) -> None:
+        verdicts.append(f"{'PASS' if value >= goal else 'MISS'}  {label}: {value:.2f} (>= {goal})")
+
+    for backend, factor in (("sqlite", 2.0), ("postgres", 4.0)):
+        peer = by.get((backend, "eventsourcing", "a) commands"))
+        raw = next(
+            (r for r in results if r.backend == backend and r.workload == "1 row/commit"), None
+        )
+        for name in ("tidings uow", "tidings store"):
+            mine = by.get((backend, name, "a) commands"))
+            if mine and peer:
+                target(f"{backend} (a) {name} / eventsourcing", mine.rate / peer.rate, factor)
+            if mine and raw:
+                target(f"{backend} (a) {name} / raw 1-row commits", mine.rate / raw.rate, 0.8)
+        replay = by.get((backend, "tidings uow", "c) load, replay"))
+        if replay:
+            target(f"{backend} (c) replay, thousand events/s", replay.rate / 1000, 150)
+        mine_d = by.get((backend, "tidings uow", "d) projection"))
+        peer_d = by.get((backend, "eventsourcing", "d) projection"))
+        if mine_d and peer_d:
+            target(f"{backend} (d) tidings / eventsourcing", mine_d.rate / peer_d.rate, 10.0)
+    print()
+    for line in verdicts:
+        print(line)
+    return verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (well under 2 min)")
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    sizes = (
+        Sizes(commands=2_000, batch_saves=20, long_stream=10_000, load_repeats=2, raw_rows=1_000)
+        if args.quick
+        else Sizes(
+            commands=20_000, batch_saves=100, long_stream=10_000, load_repeats=3, raw_rows=3_000
+        )
+    )
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(
+        prefix="tidings-bench-", dir=os.environ.get("BENCH_DIR")
+    ) as tmp:
+        for backend in backends:
+            started = time.perf_counter()
+            print(f"running {backend} ...", file=sys.stderr, flush=True)
+            results.extend(run_backend(backend, sizes, Path(tmp)))
+            print(f"{backend}: {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

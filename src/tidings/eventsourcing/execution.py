@@ -1,0 +1,174 @@
+"""Sans-I/O plans and the two thin shells that run them.
+
+Every store operation (append, read a stream, load an aggregate, read the log) is written once,
+as a *plan*: a generator that yields :class:`Query` objects and receives each query's rows back.
+It decides what to ask and what the answers mean; it never touches a connection. The synchronous
+shell (:func:`run`) and the asyncio shell (:func:`run_async`) only execute what the plan yields,
+so both APIs share every rule and every error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
+
+from tidings.errors import ConcurrencyError, StoreError, TidingsError
+
+T = TypeVar("T")
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement for the shell to execute; rows are sent back unless ``fetch`` is false."""
+
+    statement: Executable
+    params: Params = None
+    fetch: bool = True
+    #: For appends: ``(stream_id, expected_version)``, so a constraint violation is reported
+    #: as the :class:`ConcurrencyError` it means.
+    conflict: tuple[str, int] | None = None
+    #: A read whose parameters and columns are plain ints, strings and bytes (no type
+    #: conversion either way): the synchronous shell may run it on the driver's cursor
+    #: directly, skipping SQLAlchemy's per-execution overhead on the hot paths (replay).
+    direct: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    statement: Executable
+    sql: str
+    #: Parameter names in order, for positional paramstyles (None: pass a dict).
+    order: tuple[str, ...] | None
+    #: Values bound inside the statement itself (a LIMIT, for instance).
+    defaults: dict[str, Any]
+
+
+_compiled: dict[tuple[int, str], _Compiled] = {}
+
+
+def _direct_sql(statement: Executable, connection: Connection) -> _Compiled:
+    """The statement compiled once per dialect: SQL text, parameter order, bound defaults.
+
+    Only long-lived (prebuilt) statements are marked ``direct``; the entry keeps the statement
+    itself, so a recycled ``id()`` can never return another statement's SQL.
+    """
+    key = (id(statement), connection.dialect.name)
+    found = _compiled.get(key)
+    if found is None or found.statement is not statement:
+        compiled = statement.compile(dialect=connection.dialect)  # type: ignore[attr-defined]
+        order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        found = _compiled[key] = _Compiled(statement, compiled.string, order, compiled.params)
+    return found
+
+
+def _run_direct(connection: Connection, query: Query) -> Sequence[Any]:
+    if not connection.in_transaction():
+        connection.begin()
+    compiled = _direct_sql(query.statement, connection)
+    params: Any = {**compiled.defaults, **(query.params or {})}  # type: ignore[dict-item]
+    if compiled.order is not None:
+        params = tuple(params[name] for name in compiled.order)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(compiled.sql, params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+#: A plan yields queries, receives their rows, and returns its result.
+Plan = Generator[Query, Sequence[Any], T]
+
+
+def run(target: Connection | Session, plan: Plan[T]) -> T:
+    """Run ``plan`` on a synchronous connection or session (inside its current transaction)."""
+    query: Query | None = None
+    connection = target.connection() if isinstance(target, Session) else target
+    try:
+        query = next(plan)
+        while True:
+            if query.direct:
+                query = plan.send(_run_direct(connection, query))
+                continue
+            result = connection.execute(query.statement, query.params)
+            query = plan.send(result.all() if query.fetch else ())
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except TidingsError:
+        raise
+    except SQLAlchemyError as exc:
+        raise translate(exc, query) from exc
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise StoreError(f"event store database error: {exc}") from exc
+
+
+async def run_async(target: AsyncConnection | AsyncSession, plan: Plan[T]) -> T:
+    """Run ``plan`` on an asyncio connection or session."""
+    query: Query | None = None
+    try:
+        query = next(plan)
+        while True:
+            result = await target.execute(query.statement, query.params)
+            query = plan.send(result.all() if query.fetch else ())
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except TidingsError:
+        raise
+    except SQLAlchemyError as exc:
+        raise translate(exc, query) from exc
+
+
+def conflict_error(error: IntegrityError, stream_id: str, expected_version: int) -> TidingsError:
+    """What a constraint violation while appending to ``stream_id`` means."""
+    if "event_id" in str(error.orig):
+        return StoreError(
+            f"an event with the same event_id is already stored (appending to {stream_id!r}): "
+            "the same events were appended twice; nothing was written"
+        )
+    message = str(error.orig).lower()
+    behind = "foreign key" in message or "_no_gaps" in message
+    return ConcurrencyError(stream_id, expected_version, None, behind=behind)
+
+
+def _param_values(params: Any) -> list[Any]:
+    if isinstance(params, Mapping):
+        return list(params.values())
+    if isinstance(params, (list, tuple)) and params:
+        if isinstance(params[0], Mapping):
+            return list(params[0].values())
+        if isinstance(params[0], (list, tuple)):
+            return list(params[0])
+        return list(params)
+    return []
+
+
+def conflict_among(
+    error: DBAPIError, events_table: str, appends: Sequence[tuple[str, int]]
+) -> TidingsError | None:
+    """Translate a violation of the events table's constraints raised by one of ``appends``
+    (``(stream_id, expected_version)`` pairs, one insert statement each)."""
+    if not isinstance(error, IntegrityError) or events_table not in str(error.statement or ""):
+        return None
+    # Each statement inserts one stream's events, so its parameters name exactly one stream.
+    values = _param_values(error.params)
+    for stream_id, expected in appends:
+        if stream_id in values:
+            return conflict_error(error, stream_id, expected)
+    if len(appends) == 1:
+        return conflict_error(error, *appends[0])
+    return None
+
+
+def translate(error: SQLAlchemyError, query: Query | None) -> TidingsError:
+    if isinstance(error, IntegrityError) and query is not None and query.conflict is not None:
+        return conflict_error(error, *query.conflict)
+    return StoreError(f"event store database error: {error}")

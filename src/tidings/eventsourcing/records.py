@@ -1,0 +1,203 @@
+"""Rows of the events table and the Python values they stand for.
+
+Conversions are written for the hot paths: building insert parameters straight from envelopes,
+and turning selected rows into :class:`~tidings.core.messages.StoredEvent` without going through
+the ORM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from tidings.core.codec import Codec
+from tidings.core.envelope import Envelope, current_recording_context
+from tidings.core.events import spec_of
+from tidings.core.ids import uuid7
+from tidings.core.messages import StoredEvent, to_envelope
+from tidings.errors import CodecError, UnreadableEvent
+from tidings.persistence.log import Checkpoint
+
+_EMPTY_HEADERS = "{}"
+_headers_decoder = msgspec.json.Decoder(dict[str, str])
+_headers_encoder = msgspec.json.Encoder()
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; naive values (SQLite hands them back) are taken as UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    if moment.tzinfo is UTC:
+        return moment
+    return moment.astimezone(UTC)
+
+
+def require_aware(moment: datetime, what: str) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware (got naive {moment.isoformat()})")
+    return moment.astimezone(UTC)
+
+
+def encode_headers(headers: dict[str, str]) -> str:
+    return _headers_encoder.encode(headers).decode() if headers else _EMPTY_HEADERS
+
+
+def decode_headers(text: str | None, where: str) -> dict[str, str]:
+    if not text or text == _EMPTY_HEADERS:
+        return {}
+    try:
+        return _headers_decoder.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise CodecError(f"{where}: headers are not a JSON object of strings: {exc}") from exc
+
+
+def envelope_row(envelope: Envelope[Any], codec: Codec) -> dict[str, Any]:
+    """Insert parameters for one recorded envelope (its payload encoded here)."""
+    version = envelope.stream_version or 0
+    return {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "event_version": envelope.event_version,
+        "stream_id": envelope.stream_id,
+        "stream_version": version,
+        "previous_version": version - 1 if version > 1 else None,
+        "occurred_at": utc(envelope.occurred_at),
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        "producer": envelope.producer,
+        "headers": encode_headers(envelope.headers),
+        "payload": codec.encode_payload(envelope.event),
+    }
+
+
+def stored_row(stored: StoredEvent, stream_id: str, stream_version: int) -> dict[str, Any]:
+    """Insert parameters for an already encoded event, placed at ``stream_id@stream_version``."""
+    return {
+        "event_id": stored.event_id,
+        "event_type": stored.event_type,
+        "event_version": stored.event_version,
+        "stream_id": stream_id,
+        "stream_version": stream_version,
+        "previous_version": stream_version - 1 if stream_version > 1 else None,
+        "occurred_at": utc(stored.occurred_at),
+        "correlation_id": stored.correlation_id,
+        "causation_id": stored.causation_id,
+        "producer": stored.producer,
+        "headers": encode_headers(stored.headers),
+        "payload": bytes(stored.payload),
+    }
+
+
+def new_event_rows(
+    stream_id: str, events: Iterable[object], expected_version: int, codec: Codec
+) -> list[dict[str, Any]]:
+    """Rows for events appended directly to the store (not recorded by an aggregate).
+
+    Domain event objects get fresh metadata from the recording context, exactly as
+    :meth:`Aggregate.record` would give them; envelopes and :class:`StoredEvent` keep theirs.
+    """
+    context = current_recording_context()
+    rows: list[dict[str, Any]] = []
+    for offset, item in enumerate(events, start=1):
+        version = expected_version + offset
+        if isinstance(item, StoredEvent):
+            rows.append(stored_row(item, stream_id, version))
+            continue
+        if isinstance(item, Envelope):
+            item = item.event
+        spec = spec_of(type(item))
+        event_id = uuid7()
+        rows.append(
+            {
+                "event_id": event_id,
+                "event_type": spec.name,
+                "event_version": spec.version,
+                "stream_id": stream_id,
+                "stream_version": version,
+                "previous_version": version - 1 if version > 1 else None,
+                "occurred_at": utc(context.clock()),
+                "correlation_id": context.correlation_id or event_id,
+                "causation_id": context.causation_id,
+                "producer": context.producer,
+                "headers": _EMPTY_HEADERS,
+                "payload": codec.encode_payload(item, spec),
+            }
+        )
+    return rows
+
+
+class LogEntry(NamedTuple):
+    """One row of the global log: its place, and the raw event."""
+
+    tx: int
+    position: int
+    event: StoredEvent
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.tx, self.position)
+
+    def decode(self, codec: Codec) -> Envelope[Any]:
+        """The decoded (and upcast) envelope; :class:`UnreadableEvent` names what failed."""
+        try:
+            return to_envelope(self.event, codec)
+        except CodecError as exc:
+            raise UnreadableEvent(
+                self.event.stream_id, self.event.stream_version, self.event.event_type, str(exc)
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A page of the log and the checkpoint to continue from."""
+
+    entries: list[LogEntry]
+    next: Checkpoint
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def row_to_entry(row: Any) -> LogEntry:
+    """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded."""
+    (
+        position,
+        tx,
+        event_id,
+        event_type,
+        event_version,
+        stream_id,
+        stream_version,
+        _previous_version,
+        occurred_at,
+        correlation_id,
+        causation_id,
+        producer,
+        headers,
+        payload,
+    ) = row
+    stored = StoredEvent(
+        event_id,
+        event_type,
+        event_version,
+        stream_id,
+        stream_version,
+        occurred_at if occurred_at.tzinfo is UTC else utc(occurred_at),
+        correlation_id,
+        causation_id,
+        producer,
+        payload if type(payload) is bytes else bytes(payload),
+        {}
+        if headers == _EMPTY_HEADERS
+        else decode_headers(headers, f"{stream_id}@{stream_version}"),
+    )
+    return LogEntry(tx, position, stored)
+
+
+def rows_to_entries(rows: Sequence[Any]) -> list[LogEntry]:
+    convert: Callable[[Any], LogEntry] = row_to_entry
+    return [convert(row) for row in rows]

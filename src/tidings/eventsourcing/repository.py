@@ -1,0 +1,170 @@
+"""Event sourcing inside a unit of work: the commit participant and the repositories.
+
+:class:`EventStoreParticipant` joins a :class:`~tidings.persistence.sql.SqlUnitOfWork` (or its
+asyncio twin): at persist time it appends the pending events of every
+:class:`~tidings.core.aggregate.EventSourcedAggregate` in the batch, each stream with the expected
+version it had before its pending events, plus any snapshot the policy makes due, all in the
+unit of work's transaction. A concurrent writer makes the commit fail with
+:class:`~tidings.errors.ConcurrencyError` and everything rolls back.
+
+The repositories load aggregates through the unit of work's own session (so reads see the same
+transaction) and track them, so their new events commit with everything else::
+
+    participant = EventStoreParticipant()
+    uow = SqlUnitOfWork(engine, handlers, participants=[participant])
+    with uow:
+        accounts = EventSourcedRepository(uow, participant)
+        account = accounts.load(Account, account_id)
+        account.deposit(Decimal(10))
+        uow.commit()
+
+Historical loads (``at_version=``, ``as_of=``) are read-only views and are *not* tracked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.base import Executable
+
+from tidings.core.aggregate import Aggregate, EventSourcedAggregate, identity
+from tidings.core.codec import Codec, default_codec
+from tidings.core.commit import CommitBatch
+from tidings.errors import ConfigurationError, TidingsError
+from tidings.eventsourcing import plans
+from tidings.eventsourcing.execution import Params, conflict_among, run, run_async
+from tidings.eventsourcing.snapshots import SnapshotPolicy
+from tidings.eventsourcing.tables import EventStoreSchema, default_schema
+from tidings.persistence.sql import AsyncSqlUnitOfWork, SqlUnitOfWork
+
+A = TypeVar("A", bound=EventSourcedAggregate)
+
+
+class EventStoreParticipant:
+    """Appends event-sourced aggregates' pending events in the unit of work's transaction."""
+
+    def __init__(
+        self,
+        schema: EventStoreSchema | None = None,
+        *,
+        codec: Codec | None = None,
+        snapshots: SnapshotPolicy | None = None,
+    ) -> None:
+        self.schema = schema if schema is not None else default_schema
+        self.codec = codec if codec is not None else default_codec
+        self.snapshots = snapshots
+        self._appends: ContextVar[tuple[tuple[str, int], ...]] = ContextVar(
+            f"tidings_appends_{id(self)}", default=()
+        )
+
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
+        queries = plans.append_batch(self.schema, self.codec, batch, self.snapshots)
+        # Remembered for translate(), which runs in the same context if the commit fails.
+        self._appends.set(tuple(q.conflict for q in queries if q.conflict is not None))
+        return [(query.statement, query.params) for query in queries]
+
+    def translate(self, error: DBAPIError) -> TidingsError | None:
+        return conflict_among(error, self.schema.events.name, self._appends.get())
+
+
+def _tracked(aggregates: Iterable[Aggregate], cls: type[A], id: Any) -> A | None:
+    for aggregate in aggregates:
+        if type(aggregate) is cls and identity(aggregate) == id:
+            return aggregate
+    return None
+
+
+def _check_class(cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, EventSourcedAggregate)):
+        raise ConfigurationError(f"{cls!r} is not an EventSourcedAggregate subclass")
+
+
+class EventSourcedRepository:
+    """Loads and adds event-sourced aggregates through a synchronous SQL unit of work."""
+
+    def __init__(self, uow: SqlUnitOfWork, participant: EventStoreParticipant) -> None:
+        self.uow = uow
+        self.participant = participant
+
+    def load(
+        self,
+        cls: type[A],
+        id: Any,
+        *,
+        at_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> A:
+        """The aggregate (tracked by the unit of work), or its read-only state at a version or
+        moment. Raises :class:`~tidings.errors.StreamNotFound` if it was never stored."""
+        _check_class(cls)
+        self.uow._require_active()
+        historical = at_version is not None or as_of is not None
+        if not historical:
+            found = _tracked(self.uow.aggregates(), cls, id)
+            if found is not None:
+                return found
+        p = self.participant
+        aggregate = run(
+            self.uow.session,
+            plans.load(
+                p.schema,
+                p.codec,
+                cls,
+                id,
+                at_version=at_version,
+                as_of=as_of,
+                use_snapshots=p.snapshots is not None,
+            ),
+        )
+        return aggregate if historical else self.uow.track(aggregate)
+
+    def add(self, aggregate: A) -> A:
+        """Track a new aggregate: its events are appended when the unit of work commits."""
+        _check_class(type(aggregate))
+        return self.uow.track(aggregate)
+
+
+class AsyncEventSourcedRepository:
+    """The asyncio twin of :class:`EventSourcedRepository` (the same load plan)."""
+
+    def __init__(self, uow: AsyncSqlUnitOfWork, participant: EventStoreParticipant) -> None:
+        self.uow = uow
+        self.participant = participant
+
+    async def load(
+        self,
+        cls: type[A],
+        id: Any,
+        *,
+        at_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> A:
+        _check_class(cls)
+        self.uow._require_active()
+        historical = at_version is not None or as_of is not None
+        if not historical:
+            found = _tracked(self.uow.aggregates(), cls, id)
+            if found is not None:
+                return found
+        p = self.participant
+        aggregate = await run_async(
+            self.uow.session,
+            plans.load(
+                p.schema,
+                p.codec,
+                cls,
+                id,
+                at_version=at_version,
+                as_of=as_of,
+                use_snapshots=p.snapshots is not None,
+            ),
+        )
+        return aggregate if historical else self.uow.track(aggregate)
+
+    def add(self, aggregate: A) -> A:
+        _check_class(type(aggregate))
+        return self.uow.track(aggregate)
