@@ -1,0 +1,344 @@
+"""Broker benchmark: tidings' adapters with full guarantees beside each raw client's ceiling.
+
+For each broker (RabbitMQ, NATS JetStream, Redis Streams), in the same run:
+
+* **raw ceiling**: the driver used directly, the plain way: a batch published with the client's
+  own acknowledgement (aio-pika publisher confirms, JetStream PubAck, the XADD reply), consumed
+  concurrently with an acknowledgement per message and no work, one queue / consumer / stream.
+* **tidings**: the same number of events published through the adapter (``publish()`` returns
+  once every message is confirmed), consumed by an :class:`InboxConsumer` on PostgreSQL: per
+  message a transaction inserts the inbox row (deduplication) and one effect row, commits, and
+  only then is the message acknowledged. 8 partitions (per-stream order kept).
+
+Throughput is events/s from the first publish to the last handled event. Latency is measured at
+a steady 1,000 events/s (batches of 10 every 10 ms): from just before ``publish()`` to the end of
+the handler's commit, p50 and p99. Target: tidings >= 60% of the raw ceiling.
+
+    python bench/brokers.py [--quick] [--only rabbitmq nats redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from _services import require
+from tidings import Envelope
+from tidings.brokers.inbox import InboxConsumer, inbox_metadata
+from tidings.brokers.port import Broker, Delivery, Topology
+from tidings.testing.broker_contract import probe
+from tidings.testing.services import NATS_URL, POSTGRES_URL, RABBITMQ_URL, REDIS_URL
+
+PARTITIONS = 8
+BATCH = 100
+RATE = 1000  # events/s for the latency run
+TICK = 0.01  # one batch of RATE * TICK events per tick
+PAYLOAD = b'{"stream":"bench","n":0,"pad":"' + b"x" * 200 + b'"}'
+
+effects_metadata = MetaData()
+effects = Table(
+    "bench_broker_effects",
+    effects_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("stream", String(64), nullable=False),
+    Column("n", Integer, nullable=False),
+)
+
+#: Built once: a statement object reused with parameters skips SQLAlchemy's per-call building.
+INSERT_EFFECT = insert(effects)
+
+
+@dataclass
+class Result:
+    broker: str
+    raw_rate: float
+    tidings_rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.0) -> None:
+    deadline = time.perf_counter() + limit
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"bench stalled: {what}")
+        await asyncio.sleep(0.002)
+
+
+# -- raw clients ---------------------------------------------------------------------------------
+
+
+async def raw_rabbitmq(count: int) -> float:
+    import aio_pika
+
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    name = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=256)
+        queue = await channel.declare_queue(name, durable=True)
+        received = 0
+
+        async def on_message(message: Any) -> None:
+            nonlocal received
+            received += 1
+            await message.ack()
+
+        await queue.consume(on_message)
+        started = time.perf_counter()
+        for start in range(0, count, BATCH):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(PAYLOAD, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=name,
+                    )
+                    for _ in range(min(BATCH, count - start))
+                )
+            )
+        await wait_for(lambda: received >= count, "raw RabbitMQ consumer")
+        elapsed = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+        return count / elapsed
+    finally:
+        await connection.close()
+
+
+async def raw_nats(count: int) -> float:
+    import nats
+
+    client = await nats.connect(NATS_URL)
+    js = client.jetstream()
+    name = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    try:
+        await js.add_stream(name=name, subjects=[f"{name}.x"])
+        subscription = await js.pull_subscribe(f"{name}.x", durable="raw", stream=name)
+        received = 0
+
+        async def consume() -> None:
+            nonlocal received
+            while received < count:
+                try:
+                    messages = await subscription.fetch(batch=256, timeout=1)
+                except nats.errors.TimeoutError:
+                    continue
+                for message in messages:
+                    await message.ack()
+                received += len(messages)
+
+        consumer = asyncio.create_task(consume())
+        started = time.perf_counter()
+        for start in range(0, count, BATCH):
+            futures = [
+                await js.publish_async(f"{name}.x", PAYLOAD)
+                for _ in range(min(BATCH, count - start))
+            ]
+            await asyncio.gather(*futures)
+        await consumer
+        elapsed = time.perf_counter() - started
+        await js.delete_stream(name)
+        return count / elapsed
+    finally:
+        await client.close()
+
+
+async def raw_redis(count: int) -> float:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    key = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.xgroup_create(key, "g", id="0", mkstream=True)
+        received = 0
+
+        async def consume() -> None:
+            nonlocal received
+            while received < count:
+                reply = await client.xreadgroup("g", "c", {key: ">"}, count=256, block=1000)
+                for _, entries in reply or []:
+                    if entries:
+                        await client.xack(key, "g", *(entry_id for entry_id, _ in entries))
+                        received += len(entries)
+
+        consumer = asyncio.create_task(consume())
+        started = time.perf_counter()
+        for start in range(0, count, BATCH):
+            pipeline = client.pipeline(transaction=False)
+            for _ in range(min(BATCH, count - start)):
+                pipeline.xadd(key, {b"body": PAYLOAD})
+            await pipeline.execute()
+        await consumer
+        elapsed = time.perf_counter() - started
+        await client.delete(key)
+        return count / elapsed
+    finally:
+        await client.aclose()
+
+
+# -- tidings -------------------------------------------------------------------------------------
+
+
+def make_broker(kind: str, topology: Topology) -> Any:
+    if kind == "rabbitmq":
+        from tidings.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(RABBITMQ_URL, topology)
+    if kind == "nats":
+        from tidings.brokers.nats import NatsBroker
+
+        return NatsBroker(NATS_URL, topology)
+    from tidings.brokers.redis import RedisBroker
+
+    return RedisBroker(REDIS_URL, topology)
+
+
+class Probe:
+    """The consumer's business logic: one effect row, committed with the inbox row."""
+
+    async def __call__(self, envelope: Envelope[Any], session: AsyncSession) -> None:
+        event = envelope.event
+        await session.execute(INSERT_EFFECT, {"stream": event.stream, "n": event.n})
+
+
+class Committed:
+    """The runner, noting when each message's transaction committed (for latency)."""
+
+    def __init__(self, runner: InboxConsumer) -> None:
+        self.runner = runner
+        self.at: dict[tuple[str, int], float] = {}
+
+    def _mark(self, deliveries: Sequence[Delivery]) -> None:
+        now = time.perf_counter()
+        for delivery in deliveries:
+            stream = delivery.headers.get("tidings-stream-id", "")
+            version = int(delivery.headers.get("tidings-stream-version", "0"))
+            self.at.setdefault((stream, version), now)
+
+    async def __call__(self, delivery: Delivery) -> None:
+        await self.runner(delivery)
+        self._mark([delivery])
+
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        await self.runner.handle_batch(deliveries)
+        self._mark(deliveries)
+
+
+async def tidings_run(
+    kind: str, engine: AsyncEngine, count: int, seconds: float
+) -> tuple[float, list[float]]:
+    topology = Topology(name=f"bench-{uuid.uuid4().hex[:8]}", groups=("g",), partitions=PARTITIONS)
+    publisher: Broker = make_broker(kind, topology)
+    consumer_side: Broker = make_broker(kind, topology)
+    await publisher.connect()
+    await consumer_side.connect()
+    await publisher.declare()
+    recorder = Probe()
+    runner = InboxConsumer(f"bench-{topology.name}", engine, recorder)
+    committed = Committed(runner)
+    consumer = await consumer_side.consume("g", committed)
+    try:
+        # Throughput: a burst of `count` events, 64 streams.
+        events = [probe(f"t{i % 64}", i // 64) for i in range(count)]
+        started = time.perf_counter()
+        for start in range(0, count, BATCH):
+            await publisher.publish(events[start : start + BATCH])
+        await wait_for(lambda: runner.handled >= count, f"tidings {kind} consumer")
+        rate = count / (time.perf_counter() - started)
+
+        # Latency at a steady rate.
+        per_tick = int(RATE * TICK)
+        sent: dict[tuple[str, int], float] = {}
+        ticks = int(seconds / TICK)
+        next_tick = time.perf_counter()
+        for tick in range(ticks):
+            batch = [probe(f"l{i}", tick) for i in range(per_tick)]
+            now = time.perf_counter()
+            for message in batch:
+                sent[(message.stream_id or "", message.stream_version or 0)] = now
+            await publisher.publish(batch)
+            next_tick += TICK
+            await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+        await wait_for(lambda: all(key in committed.at for key in sent), "latency run")
+        latencies = [(committed.at[key] - at) * 1000 for key, at in sent.items()]
+        return rate, latencies
+    finally:
+        await consumer.stop()
+        await consumer_side.close()
+        cleanup = make_broker(kind, topology)
+        await cleanup.connect()
+        await cleanup.delete()
+        await cleanup.close()
+        await publisher.close()
+
+
+async def bench(kind: str, engine: AsyncEngine, count: int, seconds: float) -> Result:
+    raw: dict[str, Callable[[int], Awaitable[float]]] = {
+        "rabbitmq": raw_rabbitmq,
+        "nats": raw_nats,
+        "redis": raw_redis,
+    }
+    raw_rate = await raw[kind](count)
+    rate, latencies = await tidings_run(kind, engine, count, seconds)
+    quantiles = statistics.quantiles(latencies, n=100)
+    return Result(kind, raw_rate, rate, statistics.median(latencies), quantiles[98])
+
+
+async def main_async(kinds: list[str], count: int, seconds: float) -> list[Result]:
+    schema = f"bench_brokers_{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(POSTGRES_URL, pool_size=PARTITIONS + 4)
+
+    async with engine.begin() as connection:
+        await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = create_async_engine(
+        POSTGRES_URL,
+        pool_size=PARTITIONS + 4,
+        connect_args={"options": f"-c search_path={schema}"},
+    )
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(inbox_metadata.create_all)
+            await connection.run_sync(effects_metadata.create_all)
+        return [await bench(kind, engine, count, seconds) for kind in kinds]
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await engine.dispose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, shorter latency run")
+    parser.add_argument("--only", nargs="*", default=["rabbitmq", "nats", "redis"])
+    args = parser.parse_args()
+    require("postgres", *args.only)
+    count, seconds = (1000, 2.0) if args.quick else (4000, 5.0)
+    results = asyncio.run(main_async(args.only, count, seconds))
+    print(f"\n{count} events per throughput run; latency at {RATE} events/s for {seconds:.0f} s")
+    print(
+        f"{'broker':<10}{'raw ev/s':>12}{'tidings ev/s':>15}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+    )
+    for r in results:
+        ratio = r.tidings_rate / r.raw_rate
+        print(
+            f"{r.broker:<10}{r.raw_rate:>12,.0f}{r.tidings_rate:>15,.0f}{ratio:>8.0%}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
+        )
+    print(
+        "\ntidings: confirmed publish, inbox row + effect committed on PostgreSQL before each ack;"
+        "\nraw: the driver alone, acked, no database (the ceiling)."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Idempotent consumers: the inbox, and the runner that handles broker messages through it.
+
+Brokers deliver at least once, so a consumer must make a second delivery of the same message
+harmless. :class:`InboxConsumer` is the handler you give to ``broker.consume(group, ...)``. For
+each delivery it:
+
+1. rebuilds the :class:`~tidings.core.messages.StoredEvent` from the headers and body, verifies
+   its signature (if a :class:`~tidings.integration.signing.Verifier` is configured) and decodes
+   the event. Anything wrong raises :class:`~tidings.errors.MessageRejected` with the reason:
+   the adapter dead-letters the message, no handler sees it, and the worker keeps going;
+2. opens a transaction and inserts ``(consumer, message id)`` into the inbox table. If the row is
+   already there, this message was handled and committed before: it is acknowledged without
+   running the handler;
+3. otherwise runs your handler with the session, so its effects commit *in the same
+   transaction* as the inbox row;
+4. commits; only then does the adapter acknowledge the message.
+
+Adapters may hand it several consecutive messages of one partition at once
+(:meth:`InboxConsumer.handle_batch`): they are then handled in one transaction, one commit for
+all, which is what makes acknowledging after commit affordable at high rates. If anything in a
+batch fails, nothing of it is committed and the adapter handles the messages one by one.
+
+If the handler raises, the transaction (inbox row included) rolls back and the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tidings.brokers.port import Delivery
+from tidings.brokers.wire import decode_message
+from tidings.core.codec import Codec, default_codec
+from tidings.core.envelope import Envelope
+from tidings.core.messages import StoredEvent, to_envelope
+from tidings.errors import CodecError, ConfigurationError, MessageRejected
+
+if TYPE_CHECKING:
+    from tidings.integration.protection import Protector
+    from tidings.integration.signing import Verifier
+
+log = logging.getLogger("tidings.brokers.inbox")
+
+#: Tables of the inbox; create them with ``inbox_metadata.create_all`` or your migrations.
+inbox_metadata = MetaData()
+
+inbox_table = Table(
+    "tidings_inbox",
+    inbox_metadata,
+    Column("consumer", String(200), primary_key=True),
+    Column("message_id", String(64), primary_key=True),
+    Column("event_type", String(200), nullable=False),
+    Column("handled_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Your code: receives the decoded envelope and the open session; its writes commit with the
+#: inbox record.
+EnvelopeHandler = Callable[[Envelope[Any], AsyncSession], Awaitable[None]]
+
+
+class InboxConsumer:
+    """A broker handler that makes ``handler`` idempotent (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        sessions: async_sessionmaker[AsyncSession] | AsyncEngine,
+        handler: EnvelopeHandler,
+        *,
+        codec: Codec | None = None,
+        verifier: Verifier | None = None,
+        protector: Protector | None = None,
+    ) -> None:
+        if not name or len(name) > 200:
+            raise ConfigurationError("an inbox consumer needs a name of 1-200 characters")
+        self.name = name
+        self.sessions = (
+            async_sessionmaker(sessions, expire_on_commit=False)
+            if isinstance(sessions, AsyncEngine)
+            else sessions
+        )
+        self.handler = handler
+        self.codec = codec or default_codec
+        self.verifier = verifier
+        self.protector = protector
+        #: Counters for operators and tests: handled, duplicates.
+        self.handled = 0
+        self.duplicates = 0
+
+    def read(self, delivery: Delivery) -> tuple[StoredEvent, Envelope[Any]]:
+        """Decode and verify a delivery; :class:`MessageRejected` says why it is unusable."""
+        stored = decode_message(delivery.headers, delivery.body)
+        if self.verifier is not None:
+            self.verifier.verify(stored)
+        try:
+            envelope = to_envelope(stored, self.codec)
+        except CodecError as exc:
+            raise MessageRejected(f"{stored.describe()} cannot be decoded: {exc}") from exc
+        if self.protector is not None:
+            envelope = self.protector.reveal_envelope(envelope)
+        return stored, envelope
+
+    async def __call__(self, delivery: Delivery) -> None:
+        stored, envelope = self.read(delivery)
+        async with self.sessions() as session, session.begin():
+            if not await self._record(session, stored):
+                self.duplicates += 1
+                log.debug("%s: %s already handled; acknowledging", self.name, stored.describe())
+                return
+            await self.handler(envelope, session)
+        self.handled += 1
+
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        """Handle consecutive messages in one transaction (all or nothing; see BatchHandler).
+
+        One commit for the batch instead of one per message: the inbox rows go in with a single
+        statement, and the handler runs, in order, for each message not handled before.
+        """
+        decoded = [self.read(delivery) for delivery in deliveries]
+        handled = duplicates = 0
+        async with self.sessions() as session, session.begin():
+            fresh = await self._record_many(session, [stored for stored, _ in decoded])
+            for stored, envelope in decoded:
+                if stored.event_id in fresh:
+                    fresh.discard(stored.event_id)  # the same message twice in one batch
+                    await self.handler(envelope, session)
+                    handled += 1
+                else:
+                    duplicates += 1
+        self.handled += handled
+        self.duplicates += duplicates
+
+    async def _record_many(
+        self, session: AsyncSession, messages: Sequence[StoredEvent]
+    ) -> set[UUID]:
+        """Insert the inbox rows of several messages; the ids that were not there before."""
+        dialect = session.get_bind().dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            return {m.event_id for m in messages if await self._record(session, m)}
+        now = datetime.now(UTC)
+        rows = {
+            m.event_id: {
+                "consumer": self.name,
+                "message_id": str(m.event_id),
+                "event_type": m.event_type,
+                "handled_at": now,
+            }
+            for m in messages
+        }
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        statement = (
+            module.insert(inbox_table)
+            .values(list(rows.values()))
+            .on_conflict_do_nothing()
+            .returning(inbox_table.c.message_id)
+        )
+        result = await session.execute(statement)
+        return {UUID(message_id) for message_id in result.scalars()}
+
+    async def _record(self, session: AsyncSession, stored: StoredEvent) -> bool:
+        """Insert the inbox row; False if this consumer already handled the message."""
+        row = {
+            "consumer": self.name,
+            "message_id": str(stored.event_id),
+            "event_type": stored.event_type,
+            "handled_at": datetime.now(UTC),
+        }
+        dialect = session.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            module: Any = postgresql if dialect == "postgresql" else sqlite
+            # RETURNING says whether the row went in (rowcount is not reliable with every
+            # driver); ON CONFLICT DO NOTHING makes a racing duplicate wait for the first
+            # transaction and then insert nothing.
+            statement = (
+                module.insert(inbox_table)
+                .values(row)
+                .on_conflict_do_nothing()
+                .returning(inbox_table.c.message_id)
+            )
+            result = await session.execute(statement)
+            return result.first() is not None
+        try:
+            async with session.begin_nested():
+                await session.execute(insert(inbox_table).values(row))
+        except IntegrityError:
+            return False
+        return True

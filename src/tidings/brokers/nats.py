@@ -1,0 +1,388 @@
+"""NATS JetStream adapter (nats-py): acknowledged publishing, durable pull consumers.
+
+Topology declared for a bus ``B`` with groups ``G``:
+
+* a file-backed stream ``B`` on the subjects ``B.p.*``; partition ``i`` is the subject token
+  ``B.p.<i>`` (publishers pick it with ``partition_of(stream_id)``). ``Nats-Msg-Id`` is the
+  event id, so JetStream itself drops a duplicate publication within its duplicate window (a
+  relay retrying after a lost acknowledgement);
+* per group and partition: a durable pull consumer ``G-p<i>`` filtered on ``B.p.<i>`` with
+  explicit acks, ``ack_wait = redelivery_after`` and ``max_ack_pending = 1``. Any number of
+  processes may pull from it, yet only one message of a partition is ever outstanding: the next
+  one is handed out after the previous is acked, so competing consumers cannot overtake each
+  other within a partition, and a consumer that dies holding a message loses it to another
+  after ``ack_wait``. Partitions are served concurrently;
+* a stream ``B_dead`` on ``B.dead.*`` for dead letters (subject ``B.dead.<G>``).
+
+Publishing sends every message of a batch with ``publish_async`` and waits for all the
+acknowledgements (``PubAck``); an error in any of them raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from tidings.brokers.port import (
+    Delivery,
+    Handler,
+    Outcome,
+    Settlement,
+    Topology,
+    partition_key,
+    partition_of,
+    retry_pause,
+    run_handler,
+)
+from tidings.brokers.wire import encode_headers, normalize_headers
+from tidings.core.messages import StoredEvent
+from tidings.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    PublishNotConfirmed,
+    TopologyError,
+)
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.js import api
+except ImportError as missing:  # pragma: no cover - depends on the installed extras
+    raise ConfigurationError(
+        "the NATS adapter needs nats-py: pip install 'tidings[nats]'"
+    ) from missing
+
+log = logging.getLogger("tidings.brokers.nats")
+
+#: How long one pull request waits for messages before asking again (and noticing a stop).
+FETCH_WAIT = 1.0
+
+
+def _translate(error: BaseException, doing: str) -> BrokerError:
+    """The one place where nats-py errors become tidings errors."""
+    if isinstance(error, BrokerError):
+        return error
+    if isinstance(error, nats.js.errors.NoStreamResponseError):
+        return PublishNotConfirmed(f"no JetStream stream took the message while {doing}")
+    if isinstance(error, nats.js.errors.NotFoundError):
+        return TopologyError(f"missing stream or consumer while {doing} (declare() first): {error}")
+    if isinstance(error, nats.js.errors.BadRequestError):
+        return TopologyError(f"JetStream refused the request while {doing}: {error}")
+    if isinstance(error, nats.js.errors.APIError):
+        return PublishNotConfirmed(f"JetStream error while {doing}: {error}")
+    if isinstance(
+        error,
+        nats.errors.ConnectionClosedError
+        | nats.errors.NoServersError
+        | nats.errors.StaleConnectionError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.OutboundBufferLimitError
+        | nats.errors.TimeoutError
+        | asyncio.TimeoutError
+        | OSError,
+    ):
+        return BrokerUnavailable(f"NATS connection problem while {doing}: {error!r}")
+    return BrokerError(f"NATS error while {doing}: {error!r}")
+
+
+@contextlib.contextmanager
+def _driver_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except BrokerError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, doing) from exc
+
+
+def partition_subject(topology: Topology, partition: int) -> str:
+    return f"{topology.name}.p.{partition}"
+
+
+def dead_letter_stream(topology: Topology) -> str:
+    return f"{topology.name}_dead"
+
+
+def dead_letter_subject(topology: Topology, group: str) -> str:
+    return f"{topology.name}.dead.{group}"
+
+
+def durable_name(group: str, partition: int) -> str:
+    return f"{group}-p{partition}"
+
+
+class NatsBroker:
+    """The broker port on NATS JetStream (see the module docstring for the topology)."""
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        confirm_timeout: float = 30.0,
+        connection_name: str | None = None,
+    ) -> None:
+        self.url = url
+        self.topology = topology
+        self.confirm_timeout = confirm_timeout
+        self.connection_name = connection_name or f"tidings:{topology.name}"
+        self._client: Any = None
+        self._js: Any = None
+        self._consumers: list[_NatsConsumer] = []
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        with _driver_errors(f"connecting to {self.url}"):
+            self._client = await nats.connect(
+                self.url,
+                name=self.connection_name,
+                max_reconnect_attempts=-1,  # keep trying: the broker is expected to come back
+                reconnect_time_wait=0.5,
+                error_cb=self._log_error,
+            )
+            self._js = self._client.jetstream(timeout=self.confirm_timeout)
+
+    @staticmethod
+    async def _log_error(error: Exception) -> None:
+        log.warning("NATS client error: %r", error)
+
+    @property
+    def client(self) -> Any:
+        """The nats-py client (for tests that need to drop the connection)."""
+        if self._client is None:
+            raise BrokerUnavailable(f"NATS broker for bus {self.topology.name!r}: not connected")
+        return self._client
+
+    @property
+    def js(self) -> Any:
+        self.client  # noqa: B018 - raises if not connected
+        return self._js
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.stop()
+        self._consumers.clear()
+        await self._drop_client()
+
+    async def abort(self) -> None:
+        """Close the connection without acknowledging anything in flight (a crashed process)."""
+        for consumer in self._consumers:
+            consumer.abandon()
+        self._consumers.clear()
+        await self._drop_client()
+
+    async def _drop_client(self) -> None:
+        if self._client is not None:
+            client, self._client, self._js = self._client, None, None
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    # -- topology --------------------------------------------------------------------------
+
+    async def declare(self) -> None:
+        topology = self.topology
+        with _driver_errors(f"declaring bus {topology.name!r}"):
+            await self._ensure_stream(topology.name, [f"{topology.name}.p.*"])
+            await self._ensure_stream(dead_letter_stream(topology), [f"{topology.name}.dead.*"])
+            for group in topology.groups:
+                for partition in range(topology.partitions):
+                    await self.js.add_consumer(
+                        topology.name,
+                        api.ConsumerConfig(
+                            durable_name=durable_name(group, partition),
+                            filter_subject=partition_subject(topology, partition),
+                            ack_policy=api.AckPolicy.EXPLICIT,
+                            deliver_policy=api.DeliverPolicy.ALL,
+                            ack_wait=topology.redelivery_after,
+                            max_ack_pending=1,
+                            max_waiting=512,
+                        ),
+                    )
+
+    async def _ensure_stream(self, name: str, subjects: list[str]) -> None:
+        try:
+            info = await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(
+                name=name, subjects=subjects, storage=api.StorageType.FILE, duplicate_window=120.0
+            )
+            return
+        if sorted(info.config.subjects or []) != sorted(subjects):
+            raise TopologyError(
+                f"JetStream stream {name!r} exists with subjects {info.config.subjects}, "
+                f"expected {subjects}"
+            )
+
+    async def delete(self) -> None:
+        """Delete the bus's streams (and with them their consumers)."""
+        with _driver_errors(f"deleting bus {self.topology.name!r}"):
+            for name in (self.topology.name, dead_letter_stream(self.topology)):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.js.delete_stream(name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[StoredEvent]) -> None:
+        if not messages:
+            return
+        topology = self.topology
+        for message in messages:
+            if len(message.payload) > topology.max_message_bytes:
+                raise PublishNotConfirmed(
+                    f"{message.describe()}: payload of {len(message.payload)} bytes exceeds the "
+                    f"bus limit of {topology.max_message_bytes}"
+                )
+        with _driver_errors(f"publishing {len(messages)} message(s) to {topology.name!r}"):
+            futures = []
+            for message in messages:
+                headers = encode_headers(message)
+                headers["Nats-Msg-Id"] = str(message.event_id)
+                subject = partition_subject(
+                    topology, partition_of(partition_key(message), topology.partitions)
+                )
+                futures.append(
+                    await self.js.publish_async(
+                        subject,
+                        message.payload,
+                        stream=topology.name,
+                        headers=headers,
+                        wait_stall=self.confirm_timeout,
+                    )
+                )
+            try:
+                await asyncio.wait_for(asyncio.gather(*futures), self.confirm_timeout)
+            finally:
+                for future in futures:
+                    if not future.done():
+                        future.cancel()
+
+    async def publish_raw(self, partition: int, headers: Mapping[str, str], body: bytes) -> None:
+        subject = partition_subject(self.topology, partition % self.topology.partitions)
+        with _driver_errors(f"publishing a raw message to {subject}"):
+            await self.js.publish(
+                subject, body, stream=self.topology.name, headers=dict(headers) or None
+            )
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def consume(self, group: str, handler: Handler) -> _NatsConsumer:
+        self.topology.require_group(group)
+        consumer = _NatsConsumer(self, group, handler)
+        with _driver_errors(f"subscribing group {group!r} of bus {self.topology.name!r}"):
+            await consumer.start()
+        self._consumers.append(consumer)
+        return consumer
+
+    async def dead_letter(self, settlement: Settlement, delivery: Delivery, group: str) -> None:
+        with _driver_errors(f"dead-lettering to {dead_letter_subject(self.topology, group)}"):
+            await self.js.publish(
+                dead_letter_subject(self.topology, group),
+                delivery.body,
+                stream=dead_letter_stream(self.topology),
+                headers=dict(settlement.dead_letter_headers),
+            )
+
+    async def dead_letters(self, group: str, limit: int = 100) -> list[Delivery]:
+        self.topology.require_group(group)
+        found: list[Delivery] = []
+        sequence = 1
+        with _driver_errors(f"reading dead letters of group {group!r}"):
+            while len(found) < limit:
+                try:
+                    raw = await self.js.get_msg(
+                        dead_letter_stream(self.topology),
+                        seq=sequence,
+                        subject=dead_letter_subject(self.topology, group),
+                        next=True,
+                    )
+                except nats.js.errors.NotFoundError:
+                    break
+                found.append(
+                    Delivery(
+                        body=raw.data or b"",
+                        headers=normalize_headers(raw.headers),
+                        partition=-1,
+                        attempt=1,
+                        broker_id=str(raw.seq),
+                    )
+                )
+                sequence = raw.seq + 1
+        return found
+
+
+class _NatsConsumer:
+    def __init__(self, broker: NatsBroker, group: str, handler: Handler) -> None:
+        self.broker = broker
+        self.group = group
+        self.handler = handler
+        self._subscriptions: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        topology = self.broker.topology
+        for partition in range(topology.partitions):
+            subscription = await self.broker.js.pull_subscribe_bind(
+                durable=durable_name(self.group, partition), stream=topology.name
+            )
+            self._subscriptions.append(subscription)
+            self._tasks.append(asyncio.create_task(self._serve(partition, subscription)))
+
+    async def _serve(self, partition: int, subscription: Any) -> None:
+        topology = self.broker.topology
+        while not self._stopping:
+            try:
+                messages = await subscription.fetch(batch=1, timeout=FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Reconnecting, or the server is briefly away: ask again shortly.
+                log.warning("fetch from %s failed: %r", durable_name(self.group, partition), exc)
+                await asyncio.sleep(FETCH_WAIT)
+                continue
+            for message in messages:
+                delivery = Delivery(
+                    body=message.data or b"",
+                    headers=normalize_headers(message.headers),
+                    partition=partition,
+                    attempt=message.metadata.num_delivered,
+                    broker_id=str(message.metadata.sequence.stream),
+                )
+                settlement = await run_handler(self.handler, delivery, topology, self.group)
+                try:
+                    if settlement.outcome is Outcome.RETRY:
+                        await message.nak(delay=retry_pause(delivery.attempt))
+                        continue
+                    if settlement.outcome is Outcome.DEAD_LETTER:
+                        await self.broker.dead_letter(settlement, delivery, self.group)
+                    await message.ack()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Not acked: JetStream redelivers after ack_wait; the inbox absorbs it.
+                    log.warning("could not settle a message of %s: %r", self.group, exc)
+
+    async def stop(self) -> None:
+        """Stop fetching; handlers in flight finish and are acked first."""
+        self._stopping = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        if self in self.broker._consumers:
+            self.broker._consumers.remove(self)
+
+    def abandon(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()

@@ -1,0 +1,433 @@
+"""Redis Streams adapter (redis-py asyncio): consumer groups, XACK after the handler, XAUTOCLAIM.
+
+Keys for a bus ``B`` (under ``key_prefix``, default ``tidings``):
+
+* ``tidings:B:p<i>``: one stream per partition (publishers pick it with
+  ``partition_of(stream_id)``); each group is a consumer group on every partition stream,
+  created with ``XGROUP CREATE ... MKSTREAM`` (an existing group is left alone);
+* ``tidings:B:<G>:lease:p<i>``: which consumer of group ``G`` owns partition ``i``. A consumer
+  takes free partitions with ``SET NX PX`` and renews its leases every third of
+  ``redelivery_after``; a partition is read only by its owner, one message after another, which
+  keeps per-stream order with competing consumers. When an owner dies its lease expires; the
+  next owner first takes over the dead consumer's unacknowledged entries with ``XAUTOCLAIM``
+  and handles them before anything new;
+* ``tidings:B:<G>:dead``: the group's dead letters.
+
+A message is ``XACK``-ed only after its handler returns (consecutive entries read together go to
+a batch-capable handler, the inbox, at once: one commit, one ``XACK``). If the handler fails,
+the entry stays pending and the owner reads its own pending entries again
+(``XREADGROUP ... 0``) before new ones, so the retry happens in order. Publishing pipelines
+the ``XADD`` s of a batch; the entry ids Redis returns are the confirmation (durability then
+depends on the server's AOF/RDB setup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from tidings.brokers.port import (
+    Delivery,
+    Handler,
+    Outcome,
+    Settlement,
+    Topology,
+    partition_key,
+    partition_of,
+    retry_pause,
+    run_batch,
+    run_handler,
+)
+from tidings.brokers.wire import encode_headers, normalize_headers
+from tidings.core.messages import StoredEvent
+from tidings.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    PublishNotConfirmed,
+    TopologyError,
+)
+
+try:
+    import redis.asyncio as aioredis
+    import redis.exceptions
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+except ImportError as missing:  # pragma: no cover - depends on the installed extras
+    raise ConfigurationError(
+        "the Redis adapter needs redis-py: pip install 'tidings[redis]'"
+    ) from missing
+
+log = logging.getLogger("tidings.brokers.redis")
+
+#: How long one XREADGROUP waits for new entries (ms) before looking at leases and stops again.
+READ_BLOCK_MS = 1000
+_BODY = b"body"
+_HEADER = b"h:"
+
+# Renew a lease only if we still hold it; returns 1 when renewed.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# Give a lease up only if we hold it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _translate(error: BaseException, doing: str) -> BrokerError:
+    """The one place where redis-py errors become tidings errors."""
+    if isinstance(error, BrokerError):
+        return error
+    if isinstance(
+        error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError
+    ):
+        return BrokerUnavailable(f"Redis connection problem while {doing}: {error!r}")
+    if isinstance(error, redis.exceptions.ResponseError):
+        return TopologyError(f"Redis refused a command while {doing}: {error}")
+    return BrokerError(f"Redis error while {doing}: {error!r}")
+
+
+@contextlib.contextmanager
+def _driver_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except BrokerError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, doing) from exc
+
+
+class RedisBroker:
+    """The broker port on Redis Streams (see the module docstring for the keys)."""
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        key_prefix: str = "tidings",
+        connection_name: str | None = None,
+    ) -> None:
+        self.url = url
+        self.topology = topology
+        self.key_prefix = key_prefix
+        self.connection_name = connection_name or f"tidings-{topology.name}"
+        # Any: redis-py's overloaded stubs type stream replies loosely; _read checks shapes.
+        self._client: Any = None
+        self._consumers: list[_RedisConsumer] = []
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def stream_key(self, partition: int) -> str:
+        return f"{self.key_prefix}:{self.topology.name}:p{partition}"
+
+    def dead_letter_key(self, group: str) -> str:
+        return f"{self.key_prefix}:{self.topology.name}:{group}:dead"
+
+    def lease_key(self, group: str, partition: int) -> str:
+        return f"{self.key_prefix}:{self.topology.name}:{group}:lease:p{partition}"
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        with _driver_errors(f"connecting to {self.url}"):
+            client = aioredis.Redis.from_url(
+                self.url,
+                client_name=self.connection_name,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+                health_check_interval=10,
+            )
+            await client.ping()
+            self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise BrokerUnavailable(f"Redis broker for bus {self.topology.name!r}: not connected")
+        return self._client
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.stop()
+        self._consumers.clear()
+        await self._drop_client()
+
+    async def abort(self) -> None:
+        """Close the connection without acknowledging or releasing anything (a crash)."""
+        for consumer in self._consumers:
+            consumer.abandon()
+        self._consumers.clear()
+        await self._drop_client()
+
+    async def _drop_client(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- topology ------------------------------------------------------------------------------
+
+    async def declare(self) -> None:
+        with _driver_errors(f"declaring bus {self.topology.name!r}"):
+            for group in self.topology.groups:
+                for partition in range(self.topology.partitions):
+                    try:
+                        await self.client.xgroup_create(
+                            self.stream_key(partition), group, id="0", mkstream=True
+                        )
+                    except redis.exceptions.ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
+
+    async def delete(self) -> None:
+        """Delete every key of the bus (test cleanup, decommissioning)."""
+        with _driver_errors(f"deleting bus {self.topology.name!r}"):
+            pattern = f"{self.key_prefix}:{self.topology.name}:*"
+            keys = [key async for key in self.client.scan_iter(match=pattern, count=500)]
+            if keys:
+                await self.client.delete(*keys)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[StoredEvent]) -> None:
+        if not messages:
+            return
+        topology = self.topology
+        for message in messages:
+            if len(message.payload) > topology.max_message_bytes:
+                raise PublishNotConfirmed(
+                    f"{message.describe()}: payload of {len(message.payload)} bytes exceeds the "
+                    f"bus limit of {topology.max_message_bytes}"
+                )
+        with _driver_errors(f"publishing {len(messages)} message(s) to {topology.name!r}"):
+            pipeline = self.client.pipeline(transaction=False)
+            for message in messages:
+                fields: dict[Any, Any] = {_BODY: message.payload}
+                for name, value in encode_headers(message).items():
+                    fields[_HEADER + name.encode()] = value.encode()
+                partition = partition_of(partition_key(message), topology.partitions)
+                pipeline.xadd(self.stream_key(partition), fields)
+            results = await pipeline.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise _translate(result, f"publishing to {topology.name!r}") from result
+            if not result:
+                raise PublishNotConfirmed(
+                    f"Redis returned no entry id publishing to {topology.name!r}"
+                )
+
+    async def publish_raw(self, partition: int, headers: Mapping[str, str], body: bytes) -> None:
+        fields: dict[Any, Any] = {_BODY: body}
+        for name, value in headers.items():
+            fields[_HEADER + name.encode()] = value.encode()
+        key = self.stream_key(partition % self.topology.partitions)
+        with _driver_errors(f"publishing a raw message to {key}"):
+            await self.client.xadd(key, fields)
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    async def consume(self, group: str, handler: Handler) -> _RedisConsumer:
+        self.topology.require_group(group)
+        consumer = _RedisConsumer(self, group, handler)
+        consumer.start()
+        self._consumers.append(consumer)
+        return consumer
+
+    async def dead_letter(self, settlement: Settlement, delivery: Delivery, group: str) -> None:
+        fields: dict[Any, Any] = {_BODY: delivery.body}
+        for name, value in settlement.dead_letter_headers.items():
+            fields[_HEADER + name.encode()] = value.encode()
+        with _driver_errors(f"dead-lettering to {self.dead_letter_key(group)}"):
+            await self.client.xadd(self.dead_letter_key(group), fields)
+
+    async def dead_letters(self, group: str, limit: int = 100) -> list[Delivery]:
+        self.topology.require_group(group)
+        with _driver_errors(f"reading dead letters of group {group!r}"):
+            entries = await self.client.xrange(self.dead_letter_key(group), count=limit)
+        return [_delivery(entry_id, fields, -1, 1) for entry_id, fields in entries]
+
+
+def _delivery(
+    entry_id: bytes, fields: dict[bytes, bytes], partition: int, attempt: int
+) -> Delivery:
+    headers = normalize_headers(
+        {name[len(_HEADER) :]: value for name, value in fields.items() if name.startswith(_HEADER)}
+    )
+    return Delivery(
+        body=fields.get(_BODY, b""),
+        headers=headers,
+        partition=partition,
+        attempt=attempt,
+        broker_id=entry_id.decode(),
+    )
+
+
+class _RedisConsumer:
+    def __init__(self, broker: RedisBroker, group: str, handler: Handler) -> None:
+        self.broker = broker
+        self.group = group
+        self.handler = handler
+        self.name = f"{broker.connection_name}-{uuid.uuid4().hex[:12]}"
+        self._stopping = False
+        self._lease_task: asyncio.Task[None] | None = None
+        self._partitions: dict[int, asyncio.Task[None]] = {}
+        #: Handler failures per "stream key/entry id" (entry ids repeat across partition
+        #: streams), for ``max_deliveries``.
+        self._failures: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._lease_task = asyncio.create_task(self._keep_leases())
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._partitions)
+
+    async def _keep_leases(self) -> None:
+        broker = self.broker
+        ttl_ms = int(broker.topology.redelivery_after * 1000)
+        while not self._stopping:
+            try:
+                for partition in range(broker.topology.partitions):
+                    key = broker.lease_key(self.group, partition)
+                    if partition in self._partitions:
+                        renewed = await broker.client.eval(_RENEW, 1, key, self.name, ttl_ms)
+                        if not renewed:
+                            log.warning("lost the lease on %s; stopping that partition", key)
+                            self._partitions.pop(partition).cancel()
+                    elif await broker.client.set(key, self.name, nx=True, px=ttl_ms):
+                        self._partitions[partition] = asyncio.create_task(self._serve(partition))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease upkeep for group %s failed: %r", self.group, exc)
+            await asyncio.sleep(broker.topology.redelivery_after / 3)
+
+    async def _serve(self, partition: int) -> None:
+        broker = self.broker
+        key = broker.stream_key(partition)
+        # Whatever a dead predecessor left unacknowledged comes first, in stream order.
+        claim_from: str | bytes | None = "0-0"
+        while not self._stopping:
+            try:
+                if claim_from is not None:
+                    reply = await broker.client.xautoclaim(
+                        key, self.group, self.name, min_idle_time=0, start_id=claim_from, count=500
+                    )
+                    claim_from = None if reply[0] in (b"0-0", "0-0") else reply[0]
+                entries = await self._read(key, "0")  # our own pending entries first
+                if not entries:
+                    entries = await self._read(key, ">", block=READ_BLOCK_MS)
+                if await self._handle_batch(partition, key, entries):
+                    continue
+                for entry_id, fields in entries:
+                    if self._stopping:
+                        break
+                    if not await self._handle(partition, key, entry_id, fields):
+                        # A retry: after a short pause, read the pending entries again, so the
+                        # failed one comes back first and the stream's order holds.
+                        failures = self._failures.get(f"{key}/{entry_id.decode()}", 1)
+                        await asyncio.sleep(retry_pause(failures))
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading %s for group %s failed: %r", key, self.group, exc)
+                await asyncio.sleep(0.2)
+
+    async def _read(
+        self, key: str, start: str, block: int | None = None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = await self.broker.client.xreadgroup(
+            self.group,
+            self.name,
+            {key: start},
+            count=self.broker.topology.prefetch,
+            block=block,
+        )
+        if not reply:
+            return []
+        # RESP2 replies are [[key, entries]]; RESP3 ones {key: [entries]}.
+        streams = reply.items() if isinstance(reply, dict) else reply
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for _, stream_entries in streams:
+            if stream_entries and isinstance(stream_entries[0], list) and len(stream_entries) == 1:
+                stream_entries = stream_entries[0]
+            entries.extend((entry_id, fields) for entry_id, fields in stream_entries)
+        return entries
+
+    async def _handle_batch(
+        self, partition: int, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> bool:
+        """Handle consecutive entries in one go (one commit, one XACK); False: one by one."""
+        if len(entries) < 2 or not all(fields for _, fields in entries):
+            return False
+        deliveries = [
+            _delivery(
+                entry_id, fields, partition, self._failures.get(f"{key}/{entry_id.decode()}", 0) + 1
+            )
+            for entry_id, fields in entries
+        ]
+        if not await run_batch(self.handler, deliveries, self.broker.topology, self.group):
+            return False
+        await self.broker.client.xack(key, self.group, *(entry_id for entry_id, _ in entries))
+        return True
+
+    async def _handle(
+        self, partition: int, key: str, entry_id: bytes, fields: dict[bytes, bytes] | None
+    ) -> bool:
+        """Handle one entry; False when it must be retried before anything after it."""
+        broker = self.broker
+        if not fields:
+            # The entry was trimmed away while pending: nothing left to deliver.
+            await broker.client.xack(key, self.group, entry_id)
+            return True
+        entry = f"{key}/{entry_id.decode()}"
+        delivery = _delivery(entry_id, fields, partition, self._failures.get(entry, 0) + 1)
+        settlement = await run_handler(self.handler, delivery, broker.topology, self.group)
+        if settlement.outcome is Outcome.RETRY:
+            self._failures[entry] = delivery.attempt
+            return False
+        self._failures.pop(entry, None)
+        if settlement.outcome is Outcome.DEAD_LETTER:
+            await broker.dead_letter(settlement, delivery, self.group)
+        await broker.client.xack(key, self.group, entry_id)
+        return True
+
+    async def stop(self) -> None:
+        """Stop reading; let handlers in flight finish and ack; give the leases back."""
+        self._stopping = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        await asyncio.gather(*self._partitions.values(), return_exceptions=True)
+        for partition in list(self._partitions):
+            with contextlib.suppress(Exception):
+                await self.broker.client.eval(
+                    _RELEASE, 1, self.broker.lease_key(self.group, partition), self.name
+                )
+        self._partitions.clear()
+        if self in self.broker._consumers:
+            self.broker._consumers.remove(self)
+
+    def abandon(self) -> None:
+        self._stopping = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        for task in self._partitions.values():
+            task.cancel()

@@ -1,0 +1,148 @@
+"""How a :class:`~tidings.core.messages.StoredEvent` travels through a broker.
+
+The payload bytes are the message body, untouched. The envelope metadata goes in headers named
+after :data:`~tidings.core.messages.METADATA_FIELDS` with a ``tidings-`` prefix
+(``event_id`` -> ``tidings-event-id``), as strings, so any broker (and any language) can read
+them. Extra headers of the stored event (signature, W3C ``traceparent``, application headers)
+travel beside them unchanged.
+
+Reading is strict: a header that is missing or malformed raises :class:`MessageRejected` naming
+the header and what was wrong, so the message is dead-lettered with that reason instead of
+reaching a handler.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from tidings.core.messages import METADATA_FIELDS, StoredEvent
+from tidings.errors import MessageRejected
+
+HEADER_PREFIX = "tidings-"
+
+#: Header name of each metadata field, e.g. ``HEADERS["event_id"] == "tidings-event-id"``.
+HEADERS: dict[str, str] = {name: HEADER_PREFIX + name.replace("_", "-") for name in METADATA_FIELDS}
+_METADATA_HEADER_NAMES = frozenset(HEADERS.values())
+
+TRACEPARENT = "traceparent"
+_TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+#: Longest type name / producer / stream id accepted from the wire; longer is hostile input.
+MAX_HEADER_VALUE = 1024
+
+
+def default_traceparent(stored: StoredEvent) -> str:
+    """A W3C traceparent for an event published without one.
+
+    The trace id is the correlation id, so every event of one business transaction lands in the
+    same trace even when no tracing library is installed; the span id comes from the event id.
+    """
+    return f"00-{stored.correlation_id.hex}-{stored.event_id.hex[16:]}-01"
+
+
+def encode_headers(stored: StoredEvent) -> dict[str, str]:
+    """The headers of the message that carries ``stored``."""
+    headers = {
+        name: value
+        for name, value in stored.headers.items()
+        if name not in _METADATA_HEADER_NAMES  # metadata always comes from the fields
+    }
+    for name, value in stored.metadata().items():
+        if value is None:
+            continue
+        text = value.isoformat() if isinstance(value, datetime) else str(value)
+        headers[HEADERS[name]] = text
+    if not _TRACEPARENT_FORMAT.match(headers.get(TRACEPARENT, "")):
+        headers[TRACEPARENT] = default_traceparent(stored)
+    return headers
+
+
+def normalize_headers(raw: Mapping[Any, Any] | None) -> dict[str, str]:
+    """Turn a driver's header mapping into ``str -> str`` (bytes decoded, numbers rendered)."""
+    headers: dict[str, str] = {}
+    for name, value in (raw or {}).items():
+        key = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        if isinstance(value, bytes):
+            headers[key] = value.decode("utf-8", "replace")
+        elif isinstance(value, str):
+            headers[key] = value
+        else:
+            headers[key] = repr(value)
+    return headers
+
+
+def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
+    """Rebuild the stored event from a message; :class:`MessageRejected` names what is wrong."""
+    fields: dict[str, Any] = {
+        "event_id": _uuid(headers, "event_id", required=True),
+        "event_type": _text(headers, "event_type", required=True),
+        "event_version": _integer(headers, "event_version", required=True, minimum=1),
+        "stream_id": _text(headers, "stream_id", required=False),
+        "stream_version": _integer(headers, "stream_version", required=False, minimum=0),
+        "occurred_at": _timestamp(headers, "occurred_at"),
+        "correlation_id": _uuid(headers, "correlation_id", required=True),
+        "causation_id": _uuid(headers, "causation_id", required=False),
+        "producer": _text(headers, "producer", required=False),
+    }
+    extra = {name: value for name, value in headers.items() if name not in _METADATA_HEADER_NAMES}
+    if TRACEPARENT in extra and not _TRACEPARENT_FORMAT.match(extra[TRACEPARENT]):
+        # W3C trace context says to ignore a malformed traceparent, not to reject the message.
+        del extra[TRACEPARENT]
+    return StoredEvent(payload=bytes(body), headers=extra, **fields)
+
+
+def _raw(headers: Mapping[str, str], field: str, *, required: bool) -> str | None:
+    name = HEADERS[field]
+    value = headers.get(name)
+    if value is None or value == "":
+        if required:
+            raise MessageRejected(f"header {name} is missing")
+        return None
+    if len(value) > MAX_HEADER_VALUE:
+        raise MessageRejected(
+            f"header {name} is {len(value)} characters long (max {MAX_HEADER_VALUE})"
+        )
+    return value
+
+
+def _text(headers: Mapping[str, str], field: str, *, required: bool) -> str | None:
+    return _raw(headers, field, required=required)
+
+
+def _uuid(headers: Mapping[str, str], field: str, *, required: bool) -> UUID | None:
+    value = _raw(headers, field, required=required)
+    if value is None:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise MessageRejected(f"header {HEADERS[field]} is not a UUID: {value[:80]!r}") from None
+
+
+def _integer(headers: Mapping[str, str], field: str, *, required: bool, minimum: int) -> int | None:
+    value = _raw(headers, field, required=required)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < minimum:
+        raise MessageRejected(
+            f"header {HEADERS[field]} must be an integer >= {minimum}, got {value[:80]!r}"
+        )
+    return int(value)
+
+
+def _timestamp(headers: Mapping[str, str], field: str) -> datetime:
+    value = _raw(headers, field, required=True)
+    assert value is not None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageRejected(
+            f"header {HEADERS[field]} is not an ISO 8601 timestamp: {value[:80]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise MessageRejected(f"header {HEADERS[field]} has no time zone: {value[:80]!r}")
+    return parsed

@@ -1,0 +1,170 @@
+"""Broker factories for the contract suite: the in-memory broker and the three real servers.
+
+Each factory knows how to kill a client like a crashed process and how to cut its network
+connection (the client must then reconnect on its own), using the broker's own means where it
+has them (Redis ``CLIENT KILL``) and aborting the client's socket otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from tidings.brokers.memory import MemoryBroker, MemoryBrokerServer
+from tidings.brokers.port import Broker, Topology
+from tidings.testing.broker_contract import BrokerFactory
+from tidings.testing.services import NATS_URL, RABBITMQ_URL, REDIS_URL, require
+
+
+class MemoryFactory:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.server = MemoryBrokerServer()
+
+    async def create(self, topology: Topology) -> Broker:
+        broker = MemoryBroker(topology, self.server)
+        await broker.connect()
+        return broker
+
+    async def kill(self, broker: Any) -> None:
+        await broker.sever()
+
+    async def drop_connection(self, broker: Any) -> None:
+        await broker.drop_connection()
+
+    async def cleanup(self, topology: Topology) -> None:
+        self.server.delete(topology.name)
+
+
+class RabbitMQFactory:
+    name = "rabbitmq"
+
+    async def create(self, topology: Topology) -> Broker:
+        from tidings.brokers.rabbitmq import RabbitMQBroker
+
+        broker = RabbitMQBroker(
+            RABBITMQ_URL, topology, connection_name=f"tidings-test-{uuid.uuid4().hex}"
+        )
+        await broker.connect()
+        return broker
+
+    async def kill(self, broker: Any) -> None:
+        await broker.abort()
+
+    async def drop_connection(self, broker: Any) -> None:
+        # The server's own admin tool closes the connection; aio-pika's robust connection must
+        # reconnect and resubscribe by itself.
+        listing = await _run("rabbitmqctl", "-q", "list_connections", "pid", "client_properties")
+        pids = [
+            line.split("\t", 1)[0]
+            for line in listing.splitlines()
+            if broker.connection_name in line
+        ]
+        assert pids, f"connection {broker.connection_name} not found by rabbitmqctl"
+        for pid in pids:
+            await _run("rabbitmqctl", "-q", "close_connection", pid, "contract test: drop")
+
+    async def cleanup(self, topology: Topology) -> None:
+        from tidings.brokers.rabbitmq import RabbitMQBroker
+
+        broker = RabbitMQBroker(RABBITMQ_URL, topology)
+        await broker.connect()
+        try:
+            await broker.delete()
+        finally:
+            await broker.close()
+
+
+class NatsFactory:
+    name = "nats"
+
+    async def create(self, topology: Topology) -> Broker:
+        from tidings.brokers.nats import NatsBroker
+
+        broker = NatsBroker(NATS_URL, topology)
+        await broker.connect()
+        return broker
+
+    async def kill(self, broker: Any) -> None:
+        await broker.abort()
+
+    async def drop_connection(self, broker: Any) -> None:
+        # Abort the socket under nats-py: the client reconnects and resumes pulling.
+        broker.client._transport._io_writer.transport.abort()
+
+    async def cleanup(self, topology: Topology) -> None:
+        from tidings.brokers.nats import NatsBroker
+
+        broker = NatsBroker(NATS_URL, topology)
+        await broker.connect()
+        try:
+            await broker.delete()
+        finally:
+            await broker.close()
+
+
+class RedisFactory:
+    name = "redis"
+
+    async def create(self, topology: Topology) -> Broker:
+        from tidings.brokers.redis import RedisBroker
+
+        broker = RedisBroker(REDIS_URL, topology, connection_name=f"tidings-{topology.name}")
+        await broker.connect()
+        return broker
+
+    async def kill(self, broker: Any) -> None:
+        await broker.abort()
+
+    async def drop_connection(self, broker: Any) -> None:
+        # The server's own admin command: kill every connection this client opened.
+        import redis.asyncio as aioredis
+
+        admin = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            clients = await admin.client_list()
+            for client in clients:
+                if client.get("name") == broker.connection_name:
+                    await admin.client_kill_filter(_id=client["id"])
+        finally:
+            await admin.aclose()
+
+    async def cleanup(self, topology: Topology) -> None:
+        from tidings.brokers.redis import RedisBroker
+
+        broker = RedisBroker(REDIS_URL, topology)
+        await broker.connect()
+        try:
+            await broker.delete()
+        finally:
+            await broker.close()
+
+
+async def _run(*command: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, f"{' '.join(command)} failed: {err.decode()}"
+    return out.decode()
+
+
+_FACTORIES = {
+    "memory": MemoryFactory,
+    "rabbitmq": RabbitMQFactory,
+    "nats": NatsFactory,
+    "redis": RedisFactory,
+}
+
+
+@pytest.fixture(params=list(_FACTORIES))
+def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
+    name = request.param
+    if name != "memory":
+        require(name)
+    factory: BrokerFactory = _FACTORIES[name]()
+    return factory
