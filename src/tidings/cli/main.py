@@ -58,6 +58,7 @@ def _register_command_groups() -> None:
 
 #: Modules that export ``COMMANDS: list[click.Command]``; each feature adds its own line.
 _COMMAND_MODULES: list[str] = [
+    "tidings.cli.outbox_commands",
     "tidings.cli.events_commands",
     "tidings.cli.broker_commands",
 ]

@@ -40,6 +40,19 @@ class CommitParticipant(Protocol):
         ...
 
 
+# A participant may also define ``after_commit(batch) -> None``: it is called after the
+# transaction committed successfully (for example to wake a relay in the same process). It is
+# optional, looked up with getattr, so participants written before it existed keep working. An
+# exception it raises propagates, but the transaction is already durable.
+
+
+def _notify_committed(participants: Sequence[CommitParticipant], batch: CommitBatch) -> None:
+    for participant in participants:
+        hook = getattr(participant, "after_commit", None)
+        if hook is not None:
+            hook(batch)
+
+
 def _session_aggregates(session: Session, tracked: Iterable[Aggregate]) -> list[Aggregate]:
     found = list(tracked)
     for obj in (*session.new, *session.identity_map.values()):
@@ -119,6 +132,9 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
     def _rollback(self) -> None:
         self.session.rollback()
 
+    def _after_commit(self, batch: CommitBatch) -> None:
+        _notify_committed(self.participants, batch)
+
     def _end(self) -> None:
         self.session.close()
 
@@ -176,6 +192,9 @@ class AsyncSqlUnitOfWork(AsyncUnitOfWork, _SqlCommon):
 
     async def _rollback(self) -> None:
         await self.session.rollback()
+
+    async def _after_commit(self, batch: CommitBatch) -> None:
+        _notify_committed(self.participants, batch)
 
     async def _end(self) -> None:
         await self.session.close()

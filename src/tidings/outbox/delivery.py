@@ -1,0 +1,479 @@
+"""Delivering a log to one subscriber partition, effectively once.
+
+The :class:`Follower` reads committed rows after a (subscriber, partition) checkpoint, gap-safe
+(:func:`tidings.persistence.log.read_after`), and runs the subscriber's handlers for the rows of
+its partition inside a unit of work. In that same transaction it moves the checkpoint with a
+compare-and-set (``UPDATE ... WHERE tx = :old_tx AND position = :old_position``). So:
+
+* a crash before the commit loses the effects *and* the checkpoint move: the rows are delivered
+  again and applied once;
+* two relays that both believe they hold a partition (an expired lease, a paused process) cannot
+  both commit: the second compare-and-set matches no row and its transaction rolls back.
+
+Rows are handled in batches (one transaction per batch). When a handler raises, the batch is
+rolled back, the rows before the failing one are committed again as a shorter batch, and the
+failing one is retried alone under the subscriber's :class:`~tidings.outbox.retry.RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.orm import Session
+
+from tidings.core.envelope import system_clock
+from tidings.core.messages import METADATA_FIELDS, to_envelope
+from tidings.errors import CodecError, ConfigurationError, StoreError
+from tidings.outbox import tables
+from tidings.outbox.config import RelayConfig
+from tidings.outbox.retry import OnFailure
+from tidings.outbox.subscribers import (
+    Failure,
+    Invoker,
+    Item,
+    Subscriber,
+    _partition,
+    dead_letter_values,
+    reader_engine,
+)
+from tidings.persistence.log import Checkpoint, after, read_after
+
+logger = logging.getLogger("tidings.outbox")
+
+
+_EVENT_COLUMNS = (*METADATA_FIELDS, "headers", "payload")
+
+
+class LostPartition(StoreError):
+    """Another relay moved this partition's checkpoint first; our transaction rolled back."""
+
+
+@dataclass
+class PendingRetry:
+    """A message waiting for a delayed retry (its partition waits with it)."""
+
+    event_id: Any
+    next_attempt: int
+    due: float
+    first_failure: datetime
+    failures: list[Failure] = field(default_factory=list)
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, index: int | None, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
+
+
+class Follower:
+    """Delivers ``config.log`` to subscribers, one (subscriber, partition) at a time."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.dialect = config.engine.dialect.name
+        self.reader = reader_engine(config.engine)
+        # Only what delivery needs: a log may carry more (recorded_at, previous_version...),
+        # and every column read is a value converted per row.
+        log = config.log
+        self._columns = [log.c[name] for name in ("position", "tx", *_EVENT_COLUMNS)]
+        self.invoke = Invoker()
+        self.pending: dict[tuple[str, int], PendingRetry] = {}
+        #: Checkpoints as last committed by this follower: while it holds a partition, only it
+        #: moves the checkpoint (the compare-and-set catches the exceptions), so the database
+        #: need not be asked before every read.
+        self.positions: dict[tuple[str, int], Checkpoint] = {}
+        self._type_interest: dict[tuple[str, str], bool] = {}
+        #: Subscribers that may have parked streams (PARK policy, or parkings found at start);
+        #: for the others the per-batch parking lookup is skipped. Only the partition's owner
+        #: ever parks a stream, so a subscriber that cannot park has none.
+        self.may_park: dict[str, bool] = {}
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def checkpoint(self, subscriber: str, partition: int) -> Checkpoint:
+        cp = tables.checkpoints
+        with self.reader.connect() as conn:
+            row = conn.execute(
+                select(cp.c.tx, cp.c.position).where(
+                    cp.c.log == self.config.log.name,
+                    cp.c.subscriber == subscriber,
+                    cp.c.partition == partition,
+                )
+            ).one_or_none()
+        if row is None:
+            raise ConfigurationError(
+                f"no checkpoint for subscriber {subscriber!r} partition {partition}: "
+                "call ensure_checkpoints() first (the relay does)"
+            )
+        return Checkpoint(int(row.tx), int(row.position))
+
+    def has_committed_backlog(self, subscriber: str, partition: int) -> bool:
+        """Whether committed rows lie after the checkpoint, fence or not."""
+        start = self.positions.get((subscriber, partition)) or self.checkpoint(
+            subscriber, partition
+        )
+        log = self.config.log
+        with self.reader.connect() as conn:
+            found = conn.execute(select(log.c.position).where(after(log, start)).limit(1))
+            return found.first() is not None
+
+    def _read(self, start: Checkpoint) -> list[Mapping[Any, Any]]:
+        statement = read_after(
+            self.config.log, start, self.dialect, limit=self.config.batch_size
+        ).with_only_columns(*self._columns)
+        with self.reader.connect() as conn:
+            return list(conn.execute(statement).mappings().all())
+
+    def _item(self, row: Mapping[Any, Any]) -> Item:
+        checkpoint = Checkpoint(int(row["tx"]), int(row["position"]))
+        try:
+            stored = tables.stored_from_row(row)
+        except (ValueError, TypeError) as exc:
+            # The metadata itself is broken: nothing can be dead-lettered faithfully.
+            raise StoreError(
+                f"row {checkpoint} of {self.config.log.name!r} has unreadable metadata: {exc}"
+            ) from exc
+        try:
+            return Item(checkpoint, stored, to_envelope(stored, self.config.codec), None)
+        except CodecError as exc:
+            return Item(checkpoint, stored, None, exc)
+
+    def _wants_type(self, subscriber: Subscriber, type_name: str) -> bool:
+        """Whether ``subscriber`` handles the stored type (unknown types: yes, to dead-letter)."""
+        key = (subscriber.name, type_name)
+        wanted = self._type_interest.get(key)
+        if wanted is None:
+            if type_name not in self.config.codec.registry:
+                return True  # not cached: the type may be registered later (a deploy)
+            cls = self.config.codec.registry.spec(type_name).cls
+            wanted = self._type_interest[key] = bool(subscriber.handlers_for(cls))
+        return wanted
+
+    def relevant(self, subscriber: Subscriber, item: Item) -> bool:
+        if item.envelope is None:
+            return True  # undecodable: it may have been meant for anyone; dead-letter it
+        return bool(subscriber.handlers_for(type(item.envelope.event)))
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def process(self, subscriber: Subscriber, partition: int) -> int:
+        """Deliver what is due in one partition; returns how many rows it moved past."""
+        try:
+            return self._process(subscriber, partition)
+        except BaseException:
+            # Whatever happened, the committed checkpoint is the truth: read it next time.
+            self.positions.pop((subscriber.name, partition), None)
+            raise
+
+    def forget_positions(self) -> None:
+        """Re-read checkpoints from the database (after lease changes)."""
+        self.positions.clear()
+
+    def _process(self, subscriber: Subscriber, partition: int) -> int:
+        key = (subscriber.name, partition)
+        retry = self.pending.get(key)
+        if retry is not None and retry.due > self.clock():
+            return 0
+        start = self.positions.get(key)
+        if start is None:
+            start = self.positions[key] = self.checkpoint(subscriber.name, partition)
+        rows = self._read(start)
+        if not rows:
+            return 0
+        work: list[tuple[int, Item]] = []
+        partitions = self.config.partitions
+        for index, row in enumerate(rows):
+            # Partition and interest are decided on the raw columns: rows for other partitions
+            # or of types this subscriber ignores are never decoded.
+            if partitions > 1 and _partition(row["stream_id"], row["event_id"], partitions) != (
+                partition
+            ):
+                continue
+            if not self._wants_type(subscriber, row["event_type"]):
+                continue
+            item = self._item(row)
+            if self.relevant(subscriber, item):
+                work.append((index, item))
+        last = Checkpoint(int(rows[-1]["tx"]), int(rows[-1]["position"]))
+        if retry is not None:
+            if not work or work[0][1].stored.event_id != retry.event_id:
+                # Someone else delivered it meanwhile (our lease lapsed): forget the retry.
+                del self.pending[key]
+            else:
+                index, item = work[0]
+                self._deliver_alone(subscriber, partition, start, item, retry)
+                return index + 1
+        try:
+            self._run(subscriber, partition, start, last, [item for _, item in work], attempt=1)
+            return len(rows)
+        except _HandlerFailed as failed:
+            failing = failed.index if failed.index is not None else 0
+            if not work:
+                raise failed.cause from None
+            if failing > 0:
+                row_before = work[failing][0] - 1
+                before = Checkpoint(int(rows[row_before]["tx"]), int(rows[row_before]["position"]))
+                prefix = [item for _, item in work[:failing]]
+                try:
+                    self._run(subscriber, partition, start, before, prefix, attempt=1)
+                except _HandlerFailed:
+                    # Fails only in the commit (not reproducible per item): go one at a time.
+                    failing = 0
+                else:
+                    start = before
+            index, item = work[failing]
+            first = failed.cause if failed.index is not None and failing == failed.index else None
+            self._deliver_alone(subscriber, partition, start, item, None, first_failure=first)
+            return index + 1
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def _run(
+        self,
+        subscriber: Subscriber,
+        partition: int,
+        start: Checkpoint,
+        end: Checkpoint,
+        items: Sequence[Item],
+        *,
+        attempt: int,
+    ) -> None:
+        """One transaction: handle ``items``, move the checkpoint from ``start`` to ``end``."""
+        uow = self.config.unit_of_work()
+        with uow:
+            parked = (
+                self._parked_streams(uow.session, subscriber.name)
+                if self._may_park(subscriber)
+                else {}
+            )
+            for index, item in enumerate(items):
+                stream = item.stored.stream_id
+                if stream is not None and stream in parked:
+                    self._hold(uow.session, subscriber, item, parked[stream])
+                elif item.envelope is None:
+                    assert item.error is not None
+                    letter = self._dead_letter(
+                        uow.session,
+                        subscriber,
+                        item,
+                        reason="undecodable",
+                        attempts=0,
+                        failures=[Failure.of(item.error)],
+                    )
+                    if stream is not None and subscriber.policy.on_failure is OnFailure.PARK:
+                        parked[stream] = letter
+                else:
+                    try:
+                        self.invoke(subscriber, item.envelope, uow, attempt)
+                    except Exception as exc:
+                        raise _HandlerFailed(index, exc) from exc
+            self._advance(uow.session, subscriber.name, partition, start, end)
+            try:
+                uow.commit()
+            except LostPartition:
+                raise
+            except Exception as exc:
+                raise _HandlerFailed(None, exc) from exc
+        self.positions[(subscriber.name, partition)] = end
+
+    def _deliver_alone(
+        self,
+        subscriber: Subscriber,
+        partition: int,
+        start: Checkpoint,
+        item: Item,
+        retry: PendingRetry | None,
+        *,
+        first_failure: BaseException | None = None,
+    ) -> None:
+        """Deliver one message under the retry policy, dead-lettering it when exhausted."""
+        key = (subscriber.name, partition)
+        policy = subscriber.policy.retry
+        failures = list(retry.failures) if retry else []
+        attempt = retry.next_attempt if retry else 1
+        if first_failure is not None:
+            failures.append(Failure.of(first_failure))
+        while True:
+            if first_failure is None:
+                try:
+                    self._run(
+                        subscriber, partition, start, item.checkpoint, [item], attempt=attempt
+                    )
+                except _HandlerFailed as failed:
+                    failures.append(Failure.of(failed.cause))
+                else:
+                    self.pending.pop(key, None)
+                    return
+            first_failure = None
+            delay = policy.delay_after(attempt)
+            logger.warning(
+                "subscriber %s failed on %s (attempt %d): %s",
+                subscriber.name,
+                item.stored.describe(),
+                attempt,
+                failures[-1].message,
+            )
+            if delay is None:
+                self._bury(subscriber, partition, start, item, attempt, failures)
+                self.pending.pop(key, None)
+                return
+            attempt += 1
+            if delay > 0:
+                self.pending[key] = PendingRetry(
+                    event_id=item.stored.event_id,
+                    next_attempt=attempt,
+                    due=self.clock() + delay,
+                    first_failure=failures[0].at,
+                    failures=failures,
+                )
+                return
+
+    def _bury(
+        self,
+        subscriber: Subscriber,
+        partition: int,
+        start: Checkpoint,
+        item: Item,
+        attempts: int,
+        failures: Sequence[Failure],
+    ) -> None:
+        with self.config.engine.begin() as conn:
+            session = Session(bind=conn)
+            parked = self._parked_streams(session, subscriber.name)
+            stream = item.stored.stream_id
+            if stream is not None and stream in parked:
+                self._hold(session, subscriber, item, parked[stream])
+            else:
+                self._dead_letter(
+                    session,
+                    subscriber,
+                    item,
+                    reason="handler",
+                    attempts=attempts,
+                    failures=failures,
+                )
+            self._advance(session, subscriber.name, partition, start, item.checkpoint)
+        self.positions[(subscriber.name, partition)] = item.checkpoint
+        logger.error(
+            "subscriber %s: %s dead-lettered after %d attempts",
+            subscriber.name,
+            item.stored.describe(),
+            attempts,
+        )
+
+    # -- statements inside a transaction -------------------------------------------------------
+
+    def _advance(
+        self, session: Session, subscriber: str, partition: int, start: Checkpoint, end: Checkpoint
+    ) -> None:
+        cp = tables.checkpoints
+        result = session.execute(
+            update(cp)
+            .where(
+                and_(
+                    cp.c.log == self.config.log.name,
+                    cp.c.subscriber == subscriber,
+                    cp.c.partition == partition,
+                    cp.c.tx == start.tx,
+                    cp.c.position == start.position,
+                )
+            )
+            .values(tx=end.tx, position=end.position, updated_at=system_clock())
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LostPartition(
+                f"subscriber {subscriber!r} partition {partition} moved past {start} "
+                "in another relay; this transaction was rolled back"
+            )
+
+    def _may_park(self, subscriber: Subscriber) -> bool:
+        known = self.may_park.get(subscriber.name)
+        if known is None:
+            ps = tables.parked_streams
+            with self.reader.connect() as conn:
+                found = conn.execute(
+                    select(ps.c.stream_id)
+                    .where(ps.c.log == self.config.log.name, ps.c.subscriber == subscriber.name)
+                    .limit(1)
+                ).first()
+            known = subscriber.policy.on_failure is OnFailure.PARK or found is not None
+            self.may_park[subscriber.name] = known
+        return known
+
+    def _parked_streams(self, session: Session, subscriber: str) -> dict[str, int]:
+        ps = tables.parked_streams
+        # FOR UPDATE: a concurrent release (tidings dlq replay/discard) must not delete the
+        # parking while this transaction adds a message behind it.
+        rows = session.execute(
+            select(ps.c.stream_id, ps.c.dead_letter_id)
+            .where(ps.c.log == self.config.log.name, ps.c.subscriber == subscriber)
+            .with_for_update()
+        ).all()
+        return {row.stream_id: int(row.dead_letter_id) for row in rows}
+
+    def _dead_letter(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        item: Item,
+        *,
+        reason: str,
+        attempts: int,
+        failures: Sequence[Failure],
+    ) -> int:
+        values = dead_letter_values(
+            self.config,
+            subscriber.name,
+            item,
+            status="failed",
+            reason=reason,
+            attempts=attempts,
+            failures=failures,
+        )
+        letter = int(
+            session.execute(
+                insert(tables.dead_letters).values(values).returning(tables.dead_letters.c.id)
+            ).scalar_one()
+        )
+        stream = item.stored.stream_id
+        if stream is not None and subscriber.policy.on_failure is OnFailure.PARK:
+            session.execute(
+                insert(tables.parked_streams).values(
+                    log=self.config.log.name,
+                    subscriber=subscriber.name,
+                    stream_id=stream,
+                    dead_letter_id=letter,
+                    parked_at=system_clock(),
+                )
+            )
+        return letter
+
+    def _hold(self, session: Session, subscriber: Subscriber, item: Item, behind: int) -> None:
+        values = dead_letter_values(
+            self.config,
+            subscriber.name,
+            item,
+            status="held",
+            reason="parked",
+            attempts=0,
+            failures=[],
+        )
+        values["exception_message"] = f"waiting behind dead letter {behind}"
+        session.execute(insert(tables.dead_letters).values(values))
+
+    def close(self) -> None:
+        self.invoke.close()
+        if self.reader is not self.config.engine:
+            self.reader.dispose()

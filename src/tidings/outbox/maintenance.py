@@ -1,0 +1,121 @@
+"""Retention and status: what has been delivered, what is waiting, what has failed.
+
+Lag is counted in log rows after a subscriber's lowest partition checkpoint, including rows of
+types the subscriber does not handle (it still has to read past them).
+
+A log row is *delivered* once every (subscriber, partition) checkpoint of that log is at or past
+it. Retention deletes delivered rows older than the retention period (default 7 days), keeping a
+window for inspection and for subscribers added later that start from the beginning. Rows no
+checkpoint has passed are never deleted, whatever their age.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, func, or_, select
+from sqlalchemy.engine import Connection, Engine
+
+from tidings.core.envelope import system_clock
+from tidings.outbox import tables
+from tidings.persistence.log import Checkpoint, after
+
+
+def _checkpoints(conn: Connection, log: str) -> dict[str, list[Checkpoint]]:
+    cp = tables.checkpoints
+    found: dict[str, list[Checkpoint]] = {}
+    for row in conn.execute(select(cp.c.subscriber, cp.c.tx, cp.c.position).where(cp.c.log == log)):
+        found.setdefault(row.subscriber, []).append(Checkpoint(int(row.tx), int(row.position)))
+    return found
+
+
+def delivered_up_to(conn: Connection, log: str) -> Checkpoint | None:
+    """The lowest checkpoint of every subscriber partition on ``log`` (None: no subscriber)."""
+    every = [c for cps in _checkpoints(conn, log).values() for c in cps]
+    return min(every) if every else None
+
+
+def purge_delivered(
+    engine: Engine, log: Table, older_than: timedelta, *, now: datetime | None = None
+) -> int:
+    """Delete delivered rows recorded before ``now - older_than``; returns how many."""
+    if "recorded_at" not in log.c:
+        return 0  # not an outbox (an event store's log is kept forever)
+    cutoff = (now or system_clock()) - older_than
+    with engine.begin() as conn:
+        upto = delivered_up_to(conn, log.name)
+        if upto is None:
+            return 0
+        passed = or_(log.c.tx < upto.tx, and_(log.c.tx == upto.tx, log.c.position <= upto.position))
+        result = conn.execute(delete(log).where(passed, log.c.recorded_at < cutoff))
+        return int(result.rowcount)
+
+
+def _count_after(conn: Connection, log: Table, checkpoint: Checkpoint | None) -> int:
+    query = select(func.count()).select_from(log)
+    if checkpoint is not None:
+        query = query.where(after(log, checkpoint))
+    return int(conn.execute(query).scalar_one())
+
+
+def status(
+    engine: Engine, log: Table = tables.outbox, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """Backlog, oldest undelivered age, per-subscriber lag and dead-letter counts."""
+    now = now or system_clock()
+    dl = tables.dead_letters
+    with engine.connect() as conn:
+        per_subscriber = _checkpoints(conn, log.name)
+        upto = min((c for cps in per_subscriber.values() for c in cps), default=None)
+        backlog = _count_after(conn, log, upto)
+        time_column = log.c.recorded_at if "recorded_at" in log.c else log.c.occurred_at
+        oldest_query = select(func.min(time_column))
+        if upto is not None:
+            oldest_query = oldest_query.where(after(log, upto))
+        oldest = tables.as_utc(conn.execute(oldest_query).scalar())
+        letters: dict[tuple[str, str], int] = {}
+        for row in conn.execute(
+            select(dl.c.subscriber, dl.c.status, func.count())
+            .where(dl.c.log == log.name)
+            .group_by(dl.c.subscriber, dl.c.status)
+        ):
+            letters[(row[0], row[1])] = int(row[2])
+        lease = tables.leases
+        owners: dict[str, dict[str, list[int]]] = {}
+        for row in conn.execute(
+            select(lease.c.subscriber, lease.c.partition, lease.c.owner, lease.c.expires_at).where(
+                lease.c.log == log.name, lease.c.owner.is_not(None)
+            )
+        ):
+            if row.expires_at >= now.timestamp():
+                owners.setdefault(row.subscriber, {}).setdefault(row.owner, []).append(
+                    int(row.partition)
+                )
+        subscribers = []
+        for name in sorted(set(per_subscriber) | {s for s, _ in letters}):
+            checkpoints = per_subscriber.get(name, [])
+            lowest = min(checkpoints) if checkpoints else None
+            subscribers.append(
+                {
+                    "subscriber": name,
+                    "partitions": len(checkpoints),
+                    "checkpoint": str(lowest) if lowest is not None else None,
+                    "lag": _count_after(conn, log, lowest) if checkpoints else None,
+                    "dead_letters": letters.get((name, "failed"), 0),
+                    "held": letters.get((name, "held"), 0),
+                    # Which live relay holds which partitions.
+                    "relays": {node: sorted(parts) for node, parts in owners.get(name, {}).items()},
+                }
+            )
+    return {
+        "log": log.name,
+        "backlog": backlog,
+        "oldest_undelivered_age_seconds": (
+            round((now - oldest).total_seconds(), 3) if oldest is not None else None
+        ),
+        "subscribers": subscribers,
+        "dead_letters": sum(n for (_, st), n in letters.items() if st == "failed"),
+        "held": sum(n for (_, st), n in letters.items() if st == "held"),
+        "as_of": now.astimezone(UTC).isoformat(),
+    }
