@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The reference application (examples/ordering), end to end on the embedded SQLite default.
 demo: $(STAMP)
-	$(BIN)/tidings demo
+	PYTHONPATH=examples $(BIN)/python -m ordering demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

@@ -36,7 +36,13 @@ def test_starting_an_order_totals_its_lines() -> None:
 
 
 @pytest.mark.parametrize(
-    "lines", [(), (OrderLine("x", 0, Decimal(1)),), (OrderLine("x", 1, Decimal(-1)),)]
+    "lines",
+    [
+        (),
+        (OrderLine("x", 0, Decimal(1)),),
+        (OrderLine("x", 1, Decimal(-1)),),
+        (OrderLine("x", 1, Decimal(1)), OrderLine("x", 2, Decimal(1))),
+    ],
 )
 def test_orders_reject_bad_lines(lines: tuple[OrderLine, ...]) -> None:
     with pytest.raises(OrderRuleViolated):

@@ -545,6 +545,37 @@ def test_two_relays_share_partitions_and_take_over_from_a_dead_one(store: Store)
         assert versions == list(range(1, len(versions) + 1))
 
 
+def test_relays_serving_different_subscribers_do_not_split_each_others_share(
+    store: Store,
+) -> None:
+    # Fair shares are per (log, subscriber): a relay that serves only "audit" is no peer of
+    # one that serves only "ledger", so each must take every partition of its own subscriber.
+    clock = FakeClock()
+    handlers = ledger_handlers("ledger", "audit")
+    ledger = Relay(
+        config_for(store, handlers, partitions=4, subscribers=["ledger"]),
+        node="ledger-node",
+        clock=clock,
+    )
+    audit = Relay(
+        config_for(store, handlers, partitions=4, subscribers=["audit"]),
+        node="audit-node",
+        clock=clock,
+    )
+    for _ in range(3):
+        ledger.step()
+        audit.step()
+        clock.advance(4.0)
+    assert ledger.leases.held["ledger"] == {0, 1, 2, 3}
+    assert audit.leases.held["audit"] == {0, 1, 2, 3}
+    for seq in range(12):
+        deposit(ledger.config, f"acc-{seq % 5}", 1, seq)
+    ledger.run_until_idle()
+    audit.run_until_idle()
+    assert sorted(e.seq for e in effects(store.engine, "ledger")) == list(range(12))
+    assert sorted(e.seq for e in effects(store.engine, "audit")) == list(range(12))
+
+
 def test_changing_the_partition_count_is_refused(store: Store) -> None:
     from tidings import ConfigurationError
 

@@ -39,6 +39,9 @@ class Order(EventSourcedAggregate):
             raise OrderRuleViolated("an order needs at least one line")
         if any(line.quantity <= 0 or line.unit_price < 0 for line in lines):
             raise OrderRuleViolated("quantities must be positive and prices not negative")
+        if len({line.sku for line in lines}) != len(lines):
+            # Stock is held per order and SKU: one line per SKU keeps that unambiguous.
+            raise OrderRuleViolated("each SKU may appear on one line only")
         order = cls.blank(order_id)
         total = sum((line.total for line in lines), Decimal(0)).quantize(CENT)
         order.record(OrderStarted(order_id, buyer_id, lines, total))

@@ -3,9 +3,11 @@
 Every relay process is a *node* with a random name. Periodically (every third of the lease
 time) it
 
-1. writes its heartbeat into ``tidings_relay_nodes`` and counts the live nodes (heartbeat younger
-   than the lease time);
-2. for each subscriber, computes its fair share, ``ceil(partitions / live nodes)``;
+1. writes its heartbeat into ``tidings_relay_nodes`` for each (log, subscriber) it serves, and
+   counts, per subscriber, the live nodes serving that same subscriber of that same log
+   (heartbeat younger than the lease time): relays following other logs, or serving other
+   subscribers, are not peers and must not shrink each other's share;
+2. for each subscriber, computes its fair share, ``ceil(partitions / live peers)``;
 3. renews the leases it holds (``expires_at = now + lease_seconds``), releases the ones above its
    share, and claims free or expired ones up to its share. A claim is one conditional
    ``UPDATE ... WHERE owner IS NULL OR expires_at < now OR owner = me``, so two nodes can
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -55,10 +57,10 @@ class Leases:
     def refresh(self, subscribers: Sequence[str], partitions: int) -> dict[str, set[int]]:
         now = self.clock()
         self._last_refresh = now
-        live = self._heartbeat(now)
-        share = math.ceil(partitions / max(1, live))
+        live = self._heartbeat(now, subscribers)
         lease = tables.leases
         for subscriber in subscribers:
+            share = math.ceil(partitions / max(1, live.get(subscriber, 1)))
             mine = self._owned(subscriber, now)
             # Release above the fair share, highest partitions first.
             for partition in sorted(mine, reverse=True)[: max(0, len(mine) - share)]:
@@ -104,27 +106,45 @@ class Leases:
                 .where(lease.c.log == self.log, lease.c.owner == self.node)
                 .values(owner=None, expires_at=0.0)
             )
-            conn.execute(delete(tables.relay_nodes).where(tables.relay_nodes.c.node == self.node))
+            conn.execute(
+                delete(tables.relay_nodes).where(
+                    tables.relay_nodes.c.node == self.node, tables.relay_nodes.c.log == self.log
+                )
+            )
         self.held.clear()
 
-    def _heartbeat(self, now: float) -> int:
+    def _heartbeat(self, now: float, subscribers: Sequence[str]) -> dict[str, int]:
+        """Record that this node serves ``subscribers``; the live node count for each."""
         nodes = tables.relay_nodes
+        mine = and_(nodes.c.node == self.node, nodes.c.log == self.log)
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                update(nodes).where(nodes.c.node == self.node).values(heartbeat_at=now)
-            ).rowcount
-            if not updated:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(nodes).values(node=self.node, heartbeat_at=now))
-                except IntegrityError:
-                    pass
+            for subscriber in subscribers:
+                updated = conn.execute(
+                    update(nodes)
+                    .where(mine, nodes.c.subscriber == subscriber)
+                    .values(heartbeat_at=now)
+                ).rowcount
+                if not updated:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(
+                                insert(nodes).values(
+                                    node=self.node,
+                                    log=self.log,
+                                    subscriber=subscriber,
+                                    heartbeat_at=now,
+                                )
+                            )
+                    except IntegrityError:
+                        pass
             # Long-dead nodes are forgotten so the table does not grow without bound.
             conn.execute(delete(nodes).where(nodes.c.heartbeat_at < now - 10 * self.lease_seconds))
-            live = conn.execute(
-                select(nodes.c.node).where(nodes.c.heartbeat_at >= now - self.lease_seconds)
+            rows = conn.execute(
+                select(nodes.c.subscriber, func.count())
+                .where(nodes.c.log == self.log, nodes.c.heartbeat_at >= now - self.lease_seconds)
+                .group_by(nodes.c.subscriber)
             ).all()
-        return len(live)
+        return {subscriber: int(count) for subscriber, count in rows}
 
     def _owned(self, subscriber: str, now: float) -> set[int]:
         lease = tables.leases

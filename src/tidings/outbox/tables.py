@@ -8,7 +8,8 @@
   ``(tx, position)`` the subscriber has processed in that partition. Written in the same
   transaction as the subscriber's effects.
 * ``tidings_subscriber_leases``: who processes which (log, subscriber, partition), until when.
-* ``tidings_relay_nodes``: live relay processes (heartbeat), to share partitions fairly.
+* ``tidings_relay_nodes``: which live relay process serves which (log, subscriber), by
+  heartbeat, to share each subscriber's partitions fairly among the nodes serving it.
 * ``tidings_dead_letters``: messages whose handling failed past the retry policy, or that could
   not be decoded, or that wait behind one of those (``status = 'held'``), kept whole.
 * ``tidings_parked_streams``: (log, subscriber, stream) pairs halted behind a dead letter.
@@ -108,10 +109,14 @@ leases = Table(
     Column("expires_at", Float(), nullable=False, default=0.0),
 )
 
+# One heartbeat per (node, log, subscriber) the node serves: fair shares are computed among
+# the nodes serving the same subscriber of the same log, never across unrelated relays.
 relay_nodes = Table(
     "tidings_relay_nodes",
     metadata,
     Column("node", String(255), primary_key=True),
+    Column("log", String(255), primary_key=True),
+    Column("subscriber", String(255), primary_key=True),
     Column("heartbeat_at", Float(), nullable=False),
 )
 

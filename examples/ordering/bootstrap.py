@@ -1,0 +1,209 @@
+"""Wiring the application: one place that builds everything, used by the API, the demo, the
+command line and the tests alike.
+
+Persistence: every aggregate is event-sourced, so the event store's log *is* the outbox: the
+domain relay follows the events table directly and nothing is written twice. The fulfilment
+saga's commands are not events of any aggregate; they go through the outbox table, followed by a
+second relay (subscriber ``commands``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table, func, select
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql.base import Executable
+
+from ordering.domain.support import Agent, Department
+from ordering.handlers import Services, build_handlers
+from ordering.loyalty import add_loyalty_rule
+from ordering.ports import Carrier, Notifier, PaymentGateway
+from ordering.sagas import OrderFulfilment
+from tidings import CommitBatch, system_clock
+from tidings.eventsourcing import EventSourcedRepository, EventStore, EventStoreParticipant
+from tidings.outbox import tables as outbox_tables
+from tidings.outbox.config import RelayConfig
+from tidings.outbox.deadletters import DeadLetters
+from tidings.outbox.participant import Doorbell, notify_channel
+from tidings.outbox.relay import Relay
+from tidings.outbox.retry import OnFailure, RetryPolicy, SubscriberPolicy
+from tidings.persistence.sql import Params, SqlUnitOfWork
+from tidings.sagas.sql import SagaRunner
+from tidings.sagas.subscriber import OutboxCommands, register_saga
+from tidings.sagas.tables import saga_metadata
+
+PRODUCER = "ordering"
+COMMANDS = "commands"
+
+
+class LogWakeup:
+    """Tells relays that the events log grew: NOTIFY on PostgreSQL, a doorbell in-process."""
+
+    def __init__(self, engine: Engine, log: Table, doorbell: Doorbell) -> None:
+        self.notify = engine.dialect.name == "postgresql"
+        self.channel = notify_channel(log)
+        self.doorbell = doorbell
+
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
+        if self.notify and batch.envelopes:
+            return [(select(func.pg_notify(self.channel, "")), None)]
+        return []
+
+    def translate(self, error: Any) -> None:
+        return None
+
+    def after_commit(self, batch: CommitBatch) -> None:
+        self.doorbell.ring()
+
+
+def default_support_directory() -> tuple[dict[str, Department], dict[str, Agent]]:
+    from datetime import time
+
+    departments = {
+        "billing": Department("billing", {1: 2, 2: 4, 3: 8, 4: 24}),
+        "shipping": Department("shipping", {1: 1, 2: 4, 3: 12, 4: 48}),
+    }
+    agents = {
+        "agent-7": Agent("agent-7", time(9), time(17)),
+        "agent-9": Agent("agent-9", time(13), time(21), frozenset(range(6))),
+    }
+    return departments, agents
+
+
+class OrderingApp:
+    """The application object."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        payments: PaymentGateway | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = system_clock,
+        notification_retry: RetryPolicy | None = None,
+        listen: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.events = EventStoreParticipant()
+        self.store = EventStore(engine)
+        departments, agents = default_support_directory()
+        self.services = Services(
+            events=self.events,
+            payments=payments or PaymentGateway(),
+            notifier=notifier or Notifier(),
+            carrier=Carrier(),
+            departments=departments,
+            agents=agents,
+            clock=clock,
+        )
+        self.handlers = build_handlers(self.services)
+        add_loyalty_rule(self.handlers, self.services)
+        commands = OutboxCommands(producer=PRODUCER, clock=clock)
+        self.saga_subscriber = register_saga(
+            self.handlers, OrderFulfilment, sink=commands, clock=clock
+        )
+        self.sagas = SagaRunner(sessionmaker(engine), [OrderFulfilment], commands, clock=clock)
+        self.doorbell = Doorbell()
+        self.wakeup = LogWakeup(engine, self.store.schema.events, self.doorbell)
+        # A notification outage must not hold orders back: a few quick retries, then the
+        # message waits in the dead-letter store until the service is back and it is replayed.
+        notification_policy = SubscriberPolicy(
+            retry=notification_retry or RetryPolicy(immediate=1, delayed=2, base_delay=0.05),
+            on_failure=OnFailure.SKIP,
+        )
+        domain_subscribers = [n for n in self.handlers.subscribers() if n != COMMANDS]
+        self.domain_relay_config = RelayConfig(
+            engine,
+            self.handlers,
+            log=self.store.schema.events,
+            subscribers=domain_subscribers,
+            policies={"notifications": notification_policy},
+            unit_of_work_factory=self.unit_of_work,
+            doorbell=self.doorbell,
+            listen=listen,
+        )
+        self.command_relay_config = RelayConfig(
+            engine,
+            self.handlers,
+            log=outbox_tables.outbox,
+            subscribers=[COMMANDS],
+            unit_of_work_factory=self.unit_of_work,
+            doorbell=self.doorbell,
+            listen=listen,
+        )
+        self._relays: list[Relay] = []
+        self._timeouts: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        self.store.create_tables()
+        outbox_tables.create_tables(self.engine)
+        saga_metadata.create_all(self.engine)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def unit_of_work(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(
+            self.engine,
+            self.handlers,
+            participants=[self.events, self.wakeup],
+            producer=PRODUCER,
+            clock=self.clock,
+        )
+
+    def repository(self, uow: SqlUnitOfWork) -> EventSourcedRepository:
+        return EventSourcedRepository(uow, self.events)
+
+    # -- delivering ---------------------------------------------------------------------------
+
+    def relays(self) -> list[Relay]:
+        if not self._relays:
+            self._relays = [Relay(self.domain_relay_config), Relay(self.command_relay_config)]
+        return self._relays
+
+    def run_until_idle(self, *, max_rounds: int = 1000) -> int:
+        """Deliver everything deliverable now (relays and due saga timeouts), in this thread."""
+        total = 0
+        for _ in range(max_rounds):
+            moved = sum(relay.run_until_idle() for relay in self.relays())
+            moved += len(self.sagas.fire_due_timeouts())
+            total += moved
+            if moved == 0:
+                return total
+        raise RuntimeError(f"still delivering after {max_rounds} rounds")
+
+    def start(self, *, timeout_poll: float = 1.0) -> None:
+        """Run both relays and the saga timeout pump in background threads."""
+        self._stop.clear()
+        for relay in self.relays():
+            relay.start()
+
+        def pump() -> None:
+            while not self._stop.wait(timeout_poll):
+                try:
+                    self.sagas.fire_due_timeouts()
+                except Exception:  # keep pumping; the failure is logged by the caller's logs
+                    import logging
+
+                    logging.getLogger("ordering").exception("saga timeouts failed")
+
+        self._timeouts = threading.Thread(target=pump, name="saga-timeouts", daemon=True)
+        self._timeouts.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for relay in self._relays:
+            relay.stop()
+        if self._timeouts is not None:
+            self._timeouts.join(timeout=5)
+            self._timeouts = None
+
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.engine, self.store.schema.events)
