@@ -167,6 +167,14 @@ class Translator:
                 seen.append(mapping.target)
         return seen
 
+    def source_types(self) -> list[type]:
+        """Every domain event class this translator maps, in registration order."""
+        seen: list[type] = []
+        for mapping in self._mappings:
+            if mapping.source not in seen:
+                seen.append(mapping.source)
+        return seen
+
     def handles(self, event_type: type) -> bool:
         return any(issubclass(event_type, m.source) for m in self._mappings)
 
