@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--no-relays", action="store_true", help="run relays elsewhere")
     relay = commands.add_parser("relay", help="deliver after-commit work (relays, timeouts)")
     relay.add_argument("--url", required=True)
+    relay.add_argument("--bus", default=None, help="RabbitMQ URL: publish integration events")
+    relay.add_argument("--node", default=None, help="stable relay name (restart takes over)")
+    init = commands.add_parser("init", help="create the tables (idempotent)")
+    init.add_argument("--url", required=True)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -31,11 +35,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.database, as_json=args.json)
 
+    import os
+
     from ordering.bootstrap import OrderingApp
     from ordering.engines import engine_for
+    from ordering.ports import PaymentGateway
+    from tidings.integration.signing import Keyring
 
-    app = OrderingApp(engine_for(args.url))
-    app.create_tables()
+    key = os.environ.get("ORDERING_SIGNING_KEY")
+    declined = {b for b in os.environ.get("ORDERING_DECLINED_BUYERS", "").split(",") if b}
+    app = OrderingApp(
+        engine_for(args.url),
+        payments=PaymentGateway(declined_buyers=declined),
+        bus_url=getattr(args, "bus", None),
+        signing_keys=Keyring({"ordering-1": bytes.fromhex(key)}) if key else None,
+        node=getattr(args, "node", None),
+    )
+    if args.command == "init":
+        app.create_tables()
+        return 0
     if args.command == "api":
         import uvicorn
 

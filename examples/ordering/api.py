@@ -33,6 +33,11 @@ class PlaceOrder(BaseModel):
     lines: list[LineIn] = Field(min_length=1, max_length=100)
 
 
+class StockIn(BaseModel):
+    sku: str = Field(min_length=1, max_length=100)
+    quantity: int = Field(gt=0, le=1_000_000)
+
+
 class CancelRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
@@ -75,6 +80,10 @@ def create_api(app: OrderingApp, *, run_relays: bool = False) -> FastAPI:
     def cancel_order(order_id: str, body: CancelRequest) -> dict[str, Any]:
         guarded(service.cancel_order, order_id, body.reason)
         return guarded(service.order_state, order_id)  # type: ignore[no-any-return]
+
+    @api.post("/stock", status_code=204)
+    def add_stock(body: StockIn) -> None:
+        guarded(service.add_stock, body.sku, body.quantity)
 
     @api.get("/orders/{order_id}")
     def get_order(order_id: str) -> dict[str, Any]:

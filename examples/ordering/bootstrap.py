@@ -18,13 +18,19 @@ from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.sql.base import Executable
 
+from ordering import integration
 from ordering.domain.support import Agent, Department
 from ordering.handlers import Services, build_handlers
 from ordering.loyalty import add_loyalty_rule
 from ordering.ports import Carrier, Notifier, PaymentGateway
 from ordering.sagas import OrderFulfilment
 from tidings import CommitBatch, system_clock
+from tidings.brokers.forwarding import forward_to_bus
+from tidings.brokers.publisher import BlockingBusPublisher
+from tidings.brokers.rabbitmq import RabbitMQBroker
 from tidings.eventsourcing import EventSourcedRepository, EventStore, EventStoreParticipant
+from tidings.integration.policy import PolicyGuard
+from tidings.integration.signing import Keyring, Signer
 from tidings.outbox import tables as outbox_tables
 from tidings.outbox.config import RelayConfig
 from tidings.outbox.deadletters import DeadLetters
@@ -86,7 +92,12 @@ class OrderingApp:
         clock: Callable[[], datetime] = system_clock,
         notification_retry: RetryPolicy | None = None,
         listen: bool = True,
+        bus_url: str | None = None,
+        signing_keys: Keyring | None = None,
+        node: str | None = None,
     ) -> None:
+        #: Relay node name; a restarted process with the same name takes its leases back at once.
+        self.node = node
         self.engine = engine
         self.clock = clock
         self.events = EventStoreParticipant()
@@ -108,6 +119,22 @@ class OrderingApp:
             self.handlers, OrderFulfilment, sink=commands, clock=clock
         )
         self.sagas = SagaRunner(sessionmaker(engine), [OrderFulfilment], commands, clock=clock)
+        # Integration events: the policy is enforced in every unit of work, before commit; with a
+        # bus configured, the relay also publishes the translated events, confirmed and signed.
+        self.publish_guard = PolicyGuard(integration.policy, [integration.shipping])
+        policies = {}
+        if bus_url is not None:
+            publisher = BlockingBusPublisher(
+                lambda: RabbitMQBroker(bus_url, integration.SHIPPING_TOPOLOGY),
+                policy=integration.policy,
+                signer=Signer(signing_keys) if signing_keys is not None else None,
+            )
+            bus_subscriber = forward_to_bus(self.handlers, integration.shipping, publisher)
+            # A broker outage must only delay publication: keep retrying, never give up soon.
+            policies[bus_subscriber] = SubscriberPolicy(
+                retry=RetryPolicy(immediate=1, delayed=50, base_delay=0.2, max_delay=30.0),
+                on_failure=OnFailure.PARK,
+            )
         self.doorbell = Doorbell()
         self.wakeup = LogWakeup(engine, self.store.schema.events, self.doorbell)
         # A notification outage must not hold orders back: a few quick retries, then the
@@ -122,7 +149,7 @@ class OrderingApp:
             self.handlers,
             log=self.store.schema.events,
             subscribers=domain_subscribers,
-            policies={"notifications": notification_policy},
+            policies={"notifications": notification_policy, **policies},
             unit_of_work_factory=self.unit_of_work,
             doorbell=self.doorbell,
             listen=listen,
@@ -153,7 +180,7 @@ class OrderingApp:
         return SqlUnitOfWork(
             self.engine,
             self.handlers,
-            participants=[self.events, self.wakeup],
+            participants=[self.events, self.publish_guard, self.wakeup],
             producer=PRODUCER,
             clock=self.clock,
         )
@@ -165,7 +192,12 @@ class OrderingApp:
 
     def relays(self) -> list[Relay]:
         if not self._relays:
-            self._relays = [Relay(self.domain_relay_config), Relay(self.command_relay_config)]
+            self._relays = [
+                Relay(self.domain_relay_config, node=f"{self.node}-domain" if self.node else None),
+                Relay(
+                    self.command_relay_config, node=f"{self.node}-commands" if self.node else None
+                ),
+            ]
         return self._relays
 
     def run_until_idle(self, *, max_rounds: int = 1000) -> int:
