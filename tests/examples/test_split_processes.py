@@ -148,10 +148,12 @@ def test_split_processes_end_to_end(system: Processes, pg_engine: Engine) -> Non
             return False
 
     eventually(api_up, "the API to start")
-    assert client.post("/stock", json={"sku": "book", "quantity": 10}).status_code == 204
+    for sku, quantity in [("book", 100), ("lamp", 5)]:
+        added = client.post("/stock", json={"sku": sku, "quantity": quantity})
+        assert added.status_code == 204
 
-    def place(order_id: str, buyer: str) -> None:
-        body = {"order_id": order_id, "buyer_id": buyer, "lines": [BOOK]}
+    def place(order_id: str, buyer: str, line: dict[str, object] = BOOK) -> None:
+        body = {"order_id": order_id, "buyer_id": buyer, "lines": [line]}
         assert client.post("/orders", json=body).status_code == 201
         assert client.post(f"/orders/{order_id}/confirm").status_code == 200
 
@@ -167,6 +169,29 @@ def test_split_processes_end_to_end(system: Processes, pg_engine: Engine) -> Non
     eventually(lambda: status("o-2") == "cancelled", "o-2 to be cancelled by the saga")
     assert status("o-1") == "confirmed"
 
+    # Loyalty: past 6,000 of confirmed orders, the next order gets 10% off.
+    place("o-3", "carol", {"sku": "book", "quantity": 50, "unit_price": "130.00"})
+    time.sleep(0.2)
+
+    eventually(lambda: client.get("/orders/o-3").json()["status"] == "confirmed", "o-3")
+    # The loyalty account is updated after commit: wait until a new order shows the discount.
+    deadline = time.monotonic() + 60
+    order_number = 4
+    while True:
+        order_id = f"o-{order_number}"
+        body = {"order_id": order_id, "buyer_id": "carol", "lines": [BOOK]}
+        assert client.post("/orders", json=body).status_code == 201
+        if client.get(f"/orders/{order_id}").json()["discount_percent"] == 10:
+            assert client.get(f"/orders/{order_id}").json()["total"] == "36.00"
+            break
+        assert time.monotonic() < deadline, "carol never got the loyalty discount"
+        order_number += 1
+        time.sleep(0.2)
+
+    # Out of stock: the payment is refunded and the order cancelled.
+    place("o-dan", "dan", {"sku": "lamp", "quantity": 9, "unit_price": "5.00"})
+    eventually(lambda: status("o-dan") == "cancelled", "o-dan to be cancelled")
+
     from shipping_context.service import pick_lists
 
     def picks() -> dict[str, str]:
@@ -175,7 +200,15 @@ def test_split_processes_end_to_end(system: Processes, pg_engine: Engine) -> Non
         return {str(order_id): str(state) for order_id, state in rows}
 
     eventually(
-        lambda: picks() == {"o-1": "to-pick", "o-2": "withdrawn"},
+        lambda: (
+            picks()
+            == {
+                "o-1": "to-pick",
+                "o-2": "withdrawn",
+                "o-3": "to-pick",
+                "o-dan": "withdrawn",
+            }
+        ),
         "the shipping context to receive every integration event",
     )
     with pg_engine.connect() as conn:
@@ -184,5 +217,5 @@ def test_split_processes_end_to_end(system: Processes, pg_engine: Engine) -> Non
         handled = conn.execute(select(inbox_table.c.event_type)).scalars().all()
     # Exactly one of each, despite the relay's crash and restart.
     assert sorted(handled) == sorted(
-        ["ordering.public.ShipmentRequested"] * 2 + ["ordering.public.ShipmentWithdrawn"]
+        ["ordering.public.ShipmentRequested"] * 4 + ["ordering.public.ShipmentWithdrawn"] * 2
     )
