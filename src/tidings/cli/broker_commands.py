@@ -12,38 +12,20 @@ Both take ``--app module:attr``, the application object:
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tidings.cli.apps import resolve
 from tidings.cli.main import emit
 
 
 def load_app(spec: str) -> Any:
-    """Import ``module:attr`` (calling it if it is a function) with a clear error if it fails."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise click.BadParameter(f"expected module:attribute, got {spec!r}", param_hint="--app")
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="--app"
-        ) from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise click.BadParameter(
-                f"module {module_name!r} has no attribute {attribute!r}", param_hint="--app"
-            ) from None
+    """Resolve ``module:attr`` (calling it if it is a factory function)."""
+    target = resolve(spec)
     if callable(target) and not isinstance(target, type) and not hasattr(target, "translators"):
         from tidings.integration.translator import Translator
 

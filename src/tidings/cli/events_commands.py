@@ -9,7 +9,6 @@ checkpoint to pass to ``--from`` next time). ``projections`` needs ``--app modul
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import sys
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine, create_engine, make_url
 
+from tidings.cli.apps import resolve
 from tidings.errors import TidingsError
 from tidings.eventsourcing.projections import Progress, Projections
 from tidings.eventsourcing.records import LogEntry
@@ -182,13 +182,7 @@ def stream_command(
 
 def load_app(spec: str) -> Projections:
     """Resolve ``module:attr`` to a :class:`Projections` (calling it if it is a factory)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter(f"expected module:attr, got {spec!r}", param_hint="--app")
-    try:
-        found: Any = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise click.BadParameter(f"cannot load {spec!r}: {exc}", param_hint="--app") from exc
+    found = resolve(spec)
     if not isinstance(found, Projections) and callable(found):
         try:
             found = found()

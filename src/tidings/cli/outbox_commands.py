@@ -8,7 +8,6 @@ callable taking the engine and returning a ``RelayConfig``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import sys
@@ -21,6 +20,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from tidings.cli.apps import resolve
 from tidings.cli.main import emit
 from tidings.core.dispatch import Handlers
 from tidings.errors import TidingsError
@@ -74,22 +74,7 @@ def engine_for(url: str) -> Engine:
 def load_app(spec: str | None, engine: Engine) -> RelayConfig:
     if not spec:
         raise click.UsageError("this command needs the application: pass --app module:attr")
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise click.BadParameter(f"expected module:attr, got {spec!r}", param_hint="--app")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="--app"
-        ) from exc
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise click.BadParameter(
-                f"module {module_name!r} has no attribute {attr!r}", param_hint="--app"
-            ) from None
+    target = resolve(spec)
     if isinstance(target, RelayConfig):
         return target
     if isinstance(target, Handlers):
