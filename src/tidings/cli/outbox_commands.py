@@ -23,13 +23,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from tidings.cli.apps import resolve
 from tidings.cli.main import emit
 from tidings.core.dispatch import Handlers
-from tidings.errors import TidingsError
+from tidings.errors import ConfigurationError, TidingsError
 from tidings.outbox import (
     DeadLetterError,
     DeadLetters,
     Relay,
     RelayConfig,
-    create_tables,
     status,
 )
 from tidings.outbox.deadletters import describe_many
@@ -108,16 +107,26 @@ def db() -> None:
 
 @db.command("init")
 @url_option
-def db_init(url: str) -> None:
-    """Create the outbox, checkpoint, lease and dead-letter tables (idempotent)."""
+@click.option(
+    "--only",
+    default=None,
+    help="Comma-separated table sets (outbox, eventstore, sagas, inbox, keys); default: all.",
+)
+def db_init(url: str, only: str | None) -> None:
+    """Create tidings' tables (idempotent): outbox and relay, event store, sagas, inbox, keys."""
+    from tidings.persistence.setup import create_tables as create_table_sets
+
+    parts = [part.strip() for part in only.split(",") if part.strip()] if only else None
     engine = engine_for(url)
     try:
-        create_tables(engine)
+        created = create_table_sets(engine, parts)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--only") from exc
     except SQLAlchemyError as exc:
         _fail(f"could not create the tables: {exc}")
     finally:
         engine.dispose()
-    click.echo("tidings tables are ready")
+    click.echo(f"tidings tables are ready: {', '.join(created)}")
 
 
 # -- relay -----------------------------------------------------------------------------------
