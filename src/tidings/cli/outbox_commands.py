@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 import click
-from sqlalchemy import create_engine
+from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -95,6 +95,15 @@ def load_app(spec: str | None, engine: Engine) -> RelayConfig:
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+log_option = click.option(
+    "--log",
+    "log_name",
+    default="tidings_outbox",
+    show_default=True,
+    help="The followed log table (e.g. tidings_events when the event store is the outbox).",
+)
 
 
 # -- db --------------------------------------------------------------------------------------
@@ -193,6 +202,7 @@ def dlq() -> None:
 @click.option("--since", default=None, help="ISO time: dead-lettered at or after.")
 @click.option("--until", default=None, help="ISO time: dead-lettered before.")
 @click.option("--held", is_flag=True, help="List messages held behind a failed one instead.")
+@log_option
 @json_option
 def dlq_list(
     url: str,
@@ -202,10 +212,11 @@ def dlq_list(
     since: str | None,
     until: str | None,
     held: bool,
+    log_name: str,
     as_json: bool,
 ) -> None:
     """List dead letters (failed ones by default)."""
-    letters = DeadLetters(engine_for(url)).find(
+    letters = DeadLetters(engine_for(url), log_name).find(
         subscriber=subscriber,
         event_type=event_type,
         stream=stream,
@@ -219,11 +230,12 @@ def dlq_list(
 @dlq.command("show")
 @url_option
 @click.argument("letter_id", type=int)
+@log_option
 @json_option
-def dlq_show(url: str, letter_id: int, as_json: bool) -> None:
+def dlq_show(url: str, letter_id: int, log_name: str, as_json: bool) -> None:
     """Show one dead letter whole: metadata, headers, payload, error and traceback."""
     try:
-        letter = DeadLetters(engine_for(url)).get(letter_id)
+        letter = DeadLetters(engine_for(url), log_name).get(letter_id)
     except DeadLetterError as exc:
         _fail(str(exc))
         return
@@ -297,12 +309,15 @@ def dlq_discard(url: str, app_spec: str | None, letter_ids: tuple[int, ...], as_
 
 @click.command("status")
 @url_option
+@log_option
 @json_option
-def status_command(url: str, as_json: bool) -> None:
+def status_command(url: str, log_name: str, as_json: bool) -> None:
     """Outbox backlog, oldest undelivered age, per-subscriber lag, dead-letter counts."""
     engine = engine_for(url)
     try:
-        report = status(engine)
+        # Reflected: any followed log (the outbox, an event store's events table) will do.
+        log = Table(log_name, MetaData(), autoload_with=engine)
+        report = status(engine, log)
     except SQLAlchemyError as exc:
         _fail(f"cannot read the outbox tables (did you run `tidings db init`?): {exc}")
         return
