@@ -1,4 +1,4 @@
-"""Given/when/then helpers for aggregates.
+"""Given/when/then helpers for aggregates and sagas.
 
 For an event-sourced aggregate, *given* is its history, *when* a command, *then* the events it
 records (or the error it raises)::
@@ -19,9 +19,12 @@ mismatch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Generic, Self, TypeVar
 
 from tidings.core.aggregate import Aggregate, EventSourcedAggregate
+from tidings.sagas.definition import Saga
+from tidings.sagas.runtime import SagaOutcome, StoredSaga, decode_state, encode_state, run_saga
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -129,5 +132,119 @@ class AggregateScenario(Generic[A]):
         self._require_ran()
         assert self._aggregate is not None
         if not check(self._aggregate):
+            raise ScenarioFailure("state check returned a falsy value")
+        return self
+
+
+class SagaScenario:
+    """Given/when/then for a saga, with no database: the saga's decisions, checked directly.
+
+    *Given* the events it already handled (or a state), *when* one more event (or a timeout),
+    *then* the commands it sends, the timeouts it asks for, and whether it completed::
+
+        (SagaScenario(OrderFulfilment, key="o-1")
+            .given(OrderConfirmed(...), InventoryReserved(...))
+            .when(PaymentFailed("o-1", "declined"))
+            .then_sends(ReleaseStock("o-1", "book"), CancelOrder("o-1", "..."))
+            .then_completed(False))
+    """
+
+    def __init__(self, saga_cls: type[Saga[Any]], *, key: str, now: datetime | None = None) -> None:
+        self._saga = saga_cls
+        self._key = key
+        self.now = now if now is not None else datetime(2026, 1, 1, tzinfo=UTC)
+        self._stored: StoredSaga | None = None
+        self._outcome: SagaOutcome | None = None
+        self._error: BaseException | None = None
+
+    def given(self, *events: object) -> Self:
+        """Events the saga handled before (their decisions are history, not the outcome)."""
+        for event in events:
+            self._stored = self._apply(event, timeout=False)
+        return self
+
+    def given_state(self, state: object, *, version: int = 1, completed: bool = False) -> Self:
+        self._stored = StoredSaga(self._key, encode_state(state), version, completed)
+        return self
+
+    def _apply(self, message: object, *, timeout: bool) -> StoredSaga | None:
+        outcome = run_saga(
+            self._saga,
+            message,
+            self._stored,
+            now=self.now,
+            key=self._key if timeout else None,
+        )
+        if not outcome.handled:
+            return self._stored
+        version = (self._stored.version if self._stored else 0) + 1
+        return StoredSaga(self._key, outcome.state, version, outcome.completed)
+
+    def when(self, event: object) -> Self:
+        return self._when(event, timeout=False)
+
+    def when_timeout(self, timeout: object) -> Self:
+        return self._when(timeout, timeout=True)
+
+    def _when(self, message: object, *, timeout: bool) -> Self:
+        try:
+            self._outcome = run_saga(
+                self._saga,
+                message,
+                self._stored,
+                now=self.now,
+                key=self._key if timeout else None,
+            )
+        except Exception as exc:
+            self._error = exc
+        return self
+
+    def _result(self) -> SagaOutcome:
+        if self._error is not None:
+            raise ScenarioFailure(
+                f"the saga raised {type(self._error).__name__}: {self._error}"
+            ) from self._error
+        if self._outcome is None:
+            raise ScenarioFailure("call .when(...) before .then...(...)")
+        return self._outcome
+
+    def then_sends(self, *commands: object) -> Self:
+        """Exactly these commands, in this order."""
+        sent = self._result().commands
+        if list(commands) != sent:
+            raise ScenarioFailure(
+                f"commands differ.\nexpected:\n{_show(list(commands))}\nsent:\n{_show(sent)}"
+            )
+        return self
+
+    def then_schedules(self, *timeouts: tuple[object, datetime]) -> Self:
+        """Exactly these (message, due time) timeouts."""
+        got = [(t.message, t.due_at) for t in self._result().timeouts]
+        if list(timeouts) != got:
+            raise ScenarioFailure(f"timeouts differ: expected {list(timeouts)!r}, got {got!r}")
+        return self
+
+    def then_ignored(self, reason: str | None = None) -> Self:
+        outcome = self._result()
+        if outcome.handled:
+            raise ScenarioFailure("expected the saga to ignore the message, but it handled it")
+        if reason is not None and reason not in outcome.reason:
+            raise ScenarioFailure(f"ignored for {outcome.reason!r}, not {reason!r}")
+        return self
+
+    def then_completed(self, completed: bool = True) -> Self:
+        if self._result().completed != completed:
+            raise ScenarioFailure(f"expected completed={completed}")
+        return self
+
+    def then_cancels_timeouts(self) -> Self:
+        if not self._result().cancel_timeouts:
+            raise ScenarioFailure("expected the saga to cancel its timeouts")
+        return self
+
+    def then_state(self, check: Callable[[Any], object]) -> Self:
+        outcome = self._result()
+        stored = StoredSaga(self._key, outcome.state, 1, outcome.completed)
+        if not check(decode_state(self._saga, stored)):
             raise ScenarioFailure("state check returned a falsy value")
         return self
