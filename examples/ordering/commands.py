@@ -21,3 +21,8 @@ class RefundPayment:
 class ReleaseStock:
     order_id: str
     sku: str
+
+
+@event(name="ordering.commands.ShipOrder")
+class ShipOrder:
+    order_id: str

@@ -7,7 +7,7 @@ In the same transaction as the order:
 
 After commit, each subscriber independently (its own position, retries and dead letters):
 * ``payments``, ``inventory``, ``shipping``, ``notifications`` react to ``OrderConfirmed``;
-* ``commands`` carries out what the fulfilment saga decides (cancel, refund, release);
+* ``commands`` carries out what the fulfilment saga decides (ship, cancel, refund, release);
 * the saga itself is the subscriber ``saga.order-fulfilment``.
 
 The loyalty rule lives in ``loyalty.py``: added purely as new handlers.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from ordering.commands import CancelOrder, RefundPayment, ReleaseStock
+from ordering.commands import CancelOrder, RefundPayment, ReleaseStock, ShipOrder
 from ordering.domain.events import OrderConfirmed, OrderStarted, TicketEscalated
 from ordering.domain.fulfilment import Mailbox, Payment, Shipment, StockItem
 from ordering.domain.orders import Buyer, Order
@@ -116,6 +116,13 @@ def build_handlers(services: Services) -> Handlers:
     @handlers.after_commit(CancelOrder, name="commands")
     def cancel_order(command: CancelOrder, ctx: HandlerContext) -> None:
         services.repository(ctx).load(Order, command.order_id).cancel(command.reason)
+
+    @handlers.after_commit(ShipOrder, name="commands")
+    def ship_order(command: ShipOrder, ctx: HandlerContext) -> None:
+        order = services.repository(ctx).load(Order, command.order_id)
+        if order.status != "confirmed":
+            return  # cancelled meanwhile: nothing to ship (the saga compensates that path)
+        order.mark_shipped(f"{services.carrier.name}:{command.order_id}")
 
     @handlers.after_commit(RefundPayment, name="commands")
     def refund_payment(command: RefundPayment, ctx: HandlerContext) -> None:

@@ -1,6 +1,7 @@
 """The order fulfilment saga: compensation when payment or stock fails, and a payment timeout.
 
-It starts when an order is confirmed, remembers what stock was reserved, and when payment fails
+It starts when an order is confirmed, remembers what stock was reserved, ships the order once it
+is paid and every line is reserved, and when payment fails
 or stock cannot be reserved, it cancels the order, refunds the payment if one was taken, and
 releases every reservation already made. If payment has not been decided within the timeout, it
 compensates the same way.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ordering.commands import CancelOrder, RefundPayment, ReleaseStock
+from ordering.commands import CancelOrder, RefundPayment, ReleaseStock, ShipOrder
 from ordering.domain.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -50,7 +51,12 @@ class OrderFulfilment(Saga[FulfilmentState]):
     @starts(OrderConfirmed, by="order_id")
     def confirmed(self, event: OrderConfirmed) -> None:
         self.state.lines = {line.sku: line.quantity for line in event.lines}
-        self.schedule(PaymentOverdue(event.order_id), after=PAYMENT_TIMEOUT)
+        if self.state.failed:
+            return
+        if not self.state.paid:
+            self.schedule(PaymentOverdue(event.order_id), after=PAYMENT_TIMEOUT)
+        # Payment and stock live in other streams: they may well have arrived first.
+        self._maybe_done()
 
     @starts(InventoryReserved, by="order_id")
     def reserved(self, event: InventoryReserved) -> None:
@@ -101,4 +107,5 @@ class OrderFulfilment(Saga[FulfilmentState]):
             and self.state.paid
             and set(self.state.reserved) >= set(self.state.lines)
         ):
+            self.send(ShipOrder(self.key))
             self.complete()

@@ -1,6 +1,7 @@
 """The end-to-end demo (``make demo``): the whole flow on one SQLite file, no broker.
 
-1. Ada's order succeeds: payment, stock, shipping and a notification, each after commit.
+1. Ada's order succeeds: payment, stock, shipping and a notification, each after commit; once
+   paid and reserved, the saga ships it.
 2. Mallory's payment is declined: the saga releases the stock and cancels the order.
 3. The notification service is down while Bob's order is confirmed: the order goes through; the
    notification is dead-lettered, and goes out when the service is back and it is replayed.
@@ -54,7 +55,7 @@ def run_scenario(app: OrderingApp) -> dict[str, bool]:
     service.confirm_order(app, "o-bob")
     _drain_with_retries(app)
     dead = app.dead_letters().find(subscriber="notifications")
-    bob_confirmed_while_down = service.order_state(app, "o-bob")["status"] == "confirmed"
+    bob_shipped_while_down = service.order_state(app, "o-bob")["status"] == "shipped"
     notifier.down = False
     for letter in dead:
         app.dead_letters().replay(app.domain_relay_config, letter.id)
@@ -90,14 +91,14 @@ def run_scenario(app: OrderingApp) -> dict[str, bool]:
 
     carol_messages = notifier.messages_to("carol")
     return {
-        "ada's order confirmed and notified": (
-            service.order_state(app, "o-ada")["status"] == "confirmed"
+        "ada's order paid, reserved, shipped and notified": (
+            service.order_state(app, "o-ada")["status"] == "shipped"
             and any("o-ada" in m for m in notifier.messages_to("ada"))
         ),
         "mallory's order cancelled after the declined payment": (
             service.order_state(app, "o-mallory")["status"] == "cancelled"
         ),
-        "bob's order confirmed while notifications were down": bob_confirmed_while_down,
+        "bob's order shipped while notifications were down": bob_shipped_while_down,
         "bob's notification dead-lettered, then delivered on replay": (
             len(dead) == 1 and any("o-bob" in m for m in notifier.messages_to("bob"))
         ),

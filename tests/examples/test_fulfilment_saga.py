@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from ordering.commands import CancelOrder, RefundPayment, ReleaseStock
+from ordering.commands import CancelOrder, RefundPayment, ReleaseStock, ShipOrder
 from ordering.domain.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -39,7 +39,22 @@ def test_success_completes_once_paid_and_everything_reserved() -> None:
         saga()
         .given(CONFIRMED, InventoryReserved("o-1", "book", 2), PaymentProcessed("o-1", 45))
         .when(InventoryReserved("o-1", "lamp", 1))
-        .then_sends()
+        .then_sends(ShipOrder("o-1"))
+        .then_completed()
+    )
+
+
+def test_events_from_other_streams_may_arrive_before_the_confirmation() -> None:
+    (
+        saga()
+        .given(
+            PaymentProcessed("o-1", Decimal(45)),
+            InventoryReserved("o-1", "book", 2),
+            InventoryReserved("o-1", "lamp", 1),
+        )
+        .when(CONFIRMED)
+        .then_sends(ShipOrder("o-1"))
+        .then_schedules()  # already paid: no payment clock
         .then_completed()
     )
 

@@ -65,14 +65,20 @@ def test_a_successful_order(app: OrderingApp, http: TestClient) -> None:
     assert order == {
         "order_id": "o-1",
         "buyer_id": "ada",
-        "status": "confirmed",
+        "status": "shipped",
         "total": "40.00",
         "discount_percent": 0,
-        "version": 2,
+        "version": 3,
         "lines": [BOOK],
     }
     history = http.get("/orders/o-1/events").json()
-    assert [h["type"] for h in history] == ["ordering.OrderStarted", "ordering.OrderConfirmed"]
+    assert [h["type"] for h in history] == [
+        "ordering.OrderStarted",
+        "ordering.OrderConfirmed",
+        "ordering.OrderShipped",
+    ]
+    # Shipped because the saga saw payment and stock: caused by its ShipOrder command.
+    assert history[2]["causation_id"] is not None
     assert app.services.notifier.messages_to("ada") == ["Order o-1 is confirmed (40.00)"]
     assert len(app.services.payments.charges) == 1
 
@@ -97,7 +103,7 @@ def test_notifications_outage_does_not_block_orders(app: OrderingApp, http: Test
         app.run_until_idle()
         assert time.monotonic() < deadline, "the notification was never dead-lettered"
         time.sleep(0.02)
-    assert status(http, "o-3") == "confirmed"
+    assert status(http, "o-3") == "shipped"  # the outage held back nothing but the message
     assert notifier.messages_to("bob") == []
     notifier.down = False
     [letter] = app.dead_letters().find(subscriber="notifications")
