@@ -35,21 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.database, as_json=args.json)
 
-    import os
-
-    from ordering.bootstrap import OrderingApp
+    from ordering.bootstrap import from_environment
     from ordering.engines import engine_for
-    from ordering.ports import PaymentGateway
-    from tidings.integration.signing import Keyring
 
-    key = os.environ.get("ORDERING_SIGNING_KEY")
-    declined = {b for b in os.environ.get("ORDERING_DECLINED_BUYERS", "").split(",") if b}
-    app = OrderingApp(
-        engine_for(args.url),
-        payments=PaymentGateway(declined_buyers=declined),
-        bus_url=getattr(args, "bus", None),
-        signing_keys=Keyring({"ordering-1": bytes.fromhex(key)}) if key else None,
-        node=getattr(args, "node", None),
+    app = from_environment(
+        engine_for(args.url), bus_url=getattr(args, "bus", None), node=getattr(args, "node", None)
     )
     if args.command == "init":
         app.create_tables()

@@ -1,4 +1,5 @@
-"""The HTTP API (FastAPI): place, confirm and cancel orders; read an order and its history.
+"""The HTTP API (FastAPI): place, confirm and cancel orders; read an order and its history; open,
+escalate and read support tickets.
 
 ``create_api(app)`` builds the ASGI application around an :class:`OrderingApp`; OpenAPI is served
 at ``/openapi.json`` and the interactive docs at ``/docs``. Domain rule violations answer 409,
@@ -36,6 +37,18 @@ class PlaceOrder(BaseModel):
 class StockIn(BaseModel):
     sku: str = Field(min_length=1, max_length=100)
     quantity: int = Field(gt=0, le=1_000_000)
+
+
+class OpenTicket(BaseModel):
+    ticket_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    department: str = Field(min_length=1, max_length=100)
+    agent_id: str = Field(min_length=1, max_length=100)
+    priority: int = Field(ge=1, le=4)
+    subject: str = Field(min_length=1, max_length=500)
+
+
+class Escalation(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class CancelRequest(BaseModel):
@@ -84,6 +97,31 @@ def create_api(app: OrderingApp, *, run_relays: bool = False) -> FastAPI:
     @api.post("/stock", status_code=204)
     def add_stock(body: StockIn) -> None:
         guarded(service.add_stock, body.sku, body.quantity)
+
+    @api.post("/tickets", status_code=201)
+    def open_ticket(body: OpenTicket) -> dict[str, Any]:
+        if body.department not in app.services.departments:
+            raise HTTPException(422, f"unknown department {body.department!r}")
+        if body.agent_id not in app.services.agents:
+            raise HTTPException(422, f"unknown agent {body.agent_id!r}")
+        guarded(
+            service.open_ticket,
+            body.ticket_id,
+            body.department,
+            body.agent_id,
+            body.priority,
+            body.subject,
+        )
+        return guarded(service.ticket_state, body.ticket_id)  # type: ignore[no-any-return]
+
+    @api.post("/tickets/{ticket_id}/escalate")
+    def escalate_ticket(ticket_id: str, body: Escalation) -> dict[str, Any]:
+        guarded(service.escalate_ticket, ticket_id, body.reason)
+        return guarded(service.ticket_state, ticket_id)  # type: ignore[no-any-return]
+
+    @api.get("/tickets/{ticket_id}")
+    def get_ticket(ticket_id: str) -> dict[str, Any]:
+        return guarded(service.ticket_state, ticket_id)  # type: ignore[no-any-return]
 
     @api.get("/orders/{order_id}")
     def get_order(order_id: str) -> dict[str, Any]:

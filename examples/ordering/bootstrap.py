@@ -239,3 +239,31 @@ class OrderingApp:
 
     def dead_letters(self) -> DeadLetters:
         return DeadLetters(self.engine, self.store.schema.events)
+
+
+def from_environment(
+    engine: Engine, *, bus_url: str | None = None, node: str | None = None
+) -> OrderingApp:
+    """The application as a deployed process builds it, configured by environment variables:
+
+    * ``ORDERING_SIGNING_KEY``: hex secret signing published integration events;
+    * ``ORDERING_DECLINED_BUYERS``: comma-separated buyers the fake payment gateway declines;
+    * ``ORDERING_NOTIFIER_DOWN_FILE``: while this file exists, the fake notifier is down.
+    """
+    import os
+
+    key = os.environ.get("ORDERING_SIGNING_KEY")
+    declined = {b for b in os.environ.get("ORDERING_DECLINED_BUYERS", "").split(",") if b}
+    return OrderingApp(
+        engine,
+        payments=PaymentGateway(declined_buyers=declined),
+        notifier=Notifier(down_flag=os.environ.get("ORDERING_NOTIFIER_DOWN_FILE")),
+        bus_url=bus_url,
+        signing_keys=Keyring({"ordering-1": bytes.fromhex(key)}) if key else None,
+        node=node,
+    )
+
+
+def relay_config(engine: Engine) -> RelayConfig:
+    """For the operator CLI: ``tidings dlq replay ID --app ordering.bootstrap:relay_config``."""
+    return from_environment(engine).domain_relay_config

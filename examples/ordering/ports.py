@@ -8,6 +8,7 @@ delivery harmless.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,9 +36,11 @@ class PaymentGateway:
 
 @dataclass
 class Notifier:
-    """Sends messages to customers. ``down`` simulates an outage."""
+    """Sends messages to customers. ``down`` (or the existence of the file ``down_flag``, which
+    another process can create and remove) simulates an outage."""
 
     down: bool = False
+    down_flag: str | None = None
     sent: dict[str, tuple[str, str]] = field(default_factory=dict)
     attempts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -45,7 +48,7 @@ class Notifier:
     def send(self, buyer_id: str, subject: str, *, idempotency_key: str) -> None:
         with self._lock:
             self.attempts += 1
-            if self.down:
+            if self.down or (self.down_flag is not None and os.path.exists(self.down_flag)):
                 raise ServiceDown("the notification service is unreachable")
             self.sent.setdefault(idempotency_key, (buyer_id, subject))
 

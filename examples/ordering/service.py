@@ -70,7 +70,11 @@ def open_ticket(
 
 def escalate_ticket(app: OrderingApp, ticket_id: str, reason: str) -> None:
     with app.unit_of_work() as uow:
-        app.repository(uow).load(Ticket, ticket_id).escalate(reason)
+        try:
+            ticket = app.repository(uow).load(Ticket, ticket_id)
+        except StreamNotFound:
+            raise NotFound(f"no ticket {ticket_id!r}") from None
+        ticket.escalate(reason)
         uow.commit()
 
 
@@ -109,3 +113,19 @@ def order_history(app: OrderingApp, order_id: str) -> list[dict[str, Any]]:
         }
         for entry in entries
     ]
+
+
+def ticket_state(app: OrderingApp, ticket_id: str) -> dict[str, Any]:
+    with app.unit_of_work() as uow:
+        try:
+            ticket = app.repository(uow).load(Ticket, ticket_id)
+        except StreamNotFound:
+            raise NotFound(f"no ticket {ticket_id!r}") from None
+    return {
+        "ticket_id": ticket_id,
+        "department": ticket.department,
+        "agent_id": ticket.agent_id,
+        "priority": ticket.priority,
+        "escalations": ticket.escalations,
+        "respond_by": ticket.respond_by,
+    }

@@ -18,7 +18,7 @@ from ordering.api import create_api
 from ordering.bootstrap import OrderingApp
 from ordering.ports import Notifier, PaymentGateway
 from ordering.scenario import run_scenario
-from ordering.service import add_stock, escalate_ticket, open_ticket
+from ordering.service import add_stock
 
 BOOK = {"sku": "book", "quantity": 2, "unit_price": "20.00"}
 
@@ -146,14 +146,29 @@ def test_an_sku_twice_in_one_order_is_refused(http: TestClient) -> None:
 
 
 def test_support_escalation_sets_a_deadline(app: OrderingApp, http: TestClient) -> None:
-    open_ticket(app, "t-1", "billing", "agent-7", 3, "invoice")
-    escalate_ticket(app, "t-1", "waited too long")
+    ticket = {
+        "ticket_id": "t-1",
+        "department": "billing",
+        "agent_id": "agent-7",
+        "priority": 3,
+        "subject": "invoice is wrong",
+    }
+    opened = http.post("/tickets", json=ticket)
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["respond_by"] is None
+    escalated = http.post("/tickets/t-1/escalate", json={"reason": "waited too long"}).json()
+    assert (escalated["priority"], escalated["escalations"]) == (2, 1)
+    assert escalated["respond_by"] is not None  # set in the same transaction as the escalation
     types = [e.event.event_type for e in app.store.read_stream("Ticket-t-1")]
     assert types == [
         "support.TicketOpened",
         "support.TicketEscalated",
         "support.ResponseDeadlineSet",
     ]
+    assert http.get("/tickets/nope").status_code == 404
+    assert http.post("/tickets/nope/escalate", json={"reason": "x"}).status_code == 404
+    unknown = http.post("/tickets", json={**ticket, "ticket_id": "t-2", "department": "nope"})
+    assert unknown.status_code == 422 and "unknown department" in unknown.text
 
 
 def test_bad_requests_get_clear_answers(http: TestClient) -> None:
