@@ -10,13 +10,11 @@ second relay (subscriber ``commands``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.sql.base import Executable
 
 from ordering import integration
 from ordering.domain.support import Agent, Department
@@ -24,7 +22,7 @@ from ordering.handlers import Services, build_handlers
 from ordering.loyalty import add_loyalty_rule
 from ordering.ports import Carrier, Notifier, PaymentGateway
 from ordering.sagas import OrderFulfilment
-from tidings import CommitBatch, system_clock
+from tidings import system_clock
 from tidings.brokers.forwarding import forward_to_bus
 from tidings.brokers.publisher import BlockingBusPublisher
 from tidings.brokers.rabbitmq import RabbitMQBroker
@@ -34,36 +32,16 @@ from tidings.integration.signing import Keyring, Signer
 from tidings.outbox import tables as outbox_tables
 from tidings.outbox.config import RelayConfig
 from tidings.outbox.deadletters import DeadLetters
-from tidings.outbox.participant import Doorbell, notify_channel
+from tidings.outbox.participant import Doorbell, LogNotifier
 from tidings.outbox.relay import Relay
 from tidings.outbox.retry import OnFailure, RetryPolicy, SubscriberPolicy
-from tidings.persistence.sql import Params, SqlUnitOfWork
+from tidings.persistence.sql import SqlUnitOfWork
 from tidings.sagas.sql import SagaRunner
 from tidings.sagas.subscriber import OutboxCommands, register_saga
 from tidings.sagas.tables import saga_metadata
 
 PRODUCER = "ordering"
 COMMANDS = "commands"
-
-
-class LogWakeup:
-    """Tells relays that the events log grew: NOTIFY on PostgreSQL, a doorbell in-process."""
-
-    def __init__(self, engine: Engine, log: Table, doorbell: Doorbell) -> None:
-        self.notify = engine.dialect.name == "postgresql"
-        self.channel = notify_channel(log)
-        self.doorbell = doorbell
-
-    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
-        if self.notify and batch.envelopes:
-            return [(select(func.pg_notify(self.channel, "")), None)]
-        return []
-
-    def translate(self, error: Any) -> None:
-        return None
-
-    def after_commit(self, batch: CommitBatch) -> None:
-        self.doorbell.ring()
 
 
 def default_support_directory() -> tuple[dict[str, Department], dict[str, Agent]]:
@@ -136,7 +114,7 @@ class OrderingApp:
                 on_failure=OnFailure.PARK,
             )
         self.doorbell = Doorbell()
-        self.wakeup = LogWakeup(engine, self.store.schema.events, self.doorbell)
+        self.wakeup = LogNotifier(engine, self.store.schema.events, self.doorbell)
         # A notification outage must not hold orders back: a few quick retries, then the
         # message waits in the dead-letter store until the service is back and it is replayed.
         notification_policy = SubscriberPolicy(

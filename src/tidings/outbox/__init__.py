@@ -29,7 +29,7 @@ from tidings.outbox.config import RelayConfig
 from tidings.outbox.deadletters import DeadLetter, DeadLetterError, DeadLetters
 from tidings.outbox.delivery import LostPartition
 from tidings.outbox.maintenance import purge_delivered, status
-from tidings.outbox.participant import Doorbell, OutboxParticipant, notify_channel
+from tidings.outbox.participant import Doorbell, LogNotifier, OutboxParticipant, notify_channel
 from tidings.outbox.relay import Relay
 from tidings.outbox.retry import OnFailure, RetryPolicy, SubscriberPolicy
 from tidings.outbox.subscribers import delivery_id, partition_of
@@ -47,6 +47,7 @@ __all__ = [
     "DeadLetterError",
     "DeadLetters",
     "Doorbell",
+    "LogNotifier",
     "LostPartition",
     "OnFailure",
     "OutboxParticipant",

@@ -117,3 +117,28 @@ class OutboxParticipant:
     def after_commit(self, batch: CommitBatch) -> None:
         if self.doorbell is not None:
             self.doorbell.ring()
+
+
+class LogNotifier:
+    """Wakes relays that follow a log written by *another* participant (an event store's events
+    table that serves as the outbox): it writes nothing itself, but joins the unit of work to
+    ``NOTIFY`` on PostgreSQL (delivered on commit) and to ring an in-process doorbell after
+    commit, as :class:`OutboxParticipant` does for the outbox.
+    """
+
+    def __init__(self, engine: Engine, log: Table, doorbell: Doorbell | None = None) -> None:
+        self.notify = engine.dialect.name == "postgresql"
+        self.channel = notify_channel(log)
+        self.doorbell = doorbell
+
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
+        if self.notify and batch.envelopes:
+            return [(select(func.pg_notify(self.channel, "")), None)]
+        return []
+
+    def translate(self, error: DBAPIError) -> TidingsError | None:
+        return None
+
+    def after_commit(self, batch: CommitBatch) -> None:
+        if self.doorbell is not None and batch.envelopes:
+            self.doorbell.ring()
