@@ -27,7 +27,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -252,18 +252,20 @@ class SagaRunner:
                 _backoff(attempt)
         return None  # unreachable: the loop returns or raises
 
+    def _due(self, moment: datetime) -> ColumnElement[bool]:
+        """Timeouts that are due and not given up on."""
+        return and_(
+            saga_timeouts.c.due_at <= moment,
+            saga_timeouts.c.attempts < self.max_timeout_attempts,
+        )
+
     def due_timeouts(self, now: datetime | None = None) -> int:
         """How many timeouts are due (and not given up on)."""
         moment = now or self.clock()
         with self.sessions() as session:
             return int(
                 session.scalar(
-                    select(func.count())
-                    .select_from(saga_timeouts)
-                    .where(
-                        saga_timeouts.c.due_at <= moment,
-                        saga_timeouts.c.attempts < self.max_timeout_attempts,
-                    )
+                    select(func.count()).select_from(saga_timeouts).where(self._due(moment))
                 )
                 or 0
             )
@@ -275,10 +277,7 @@ class SagaRunner:
             ids = list(
                 session.scalars(
                     select(saga_timeouts.c.id)
-                    .where(
-                        saga_timeouts.c.due_at <= now,
-                        saga_timeouts.c.attempts < self.max_timeout_attempts,
-                    )
+                    .where(self._due(now))
                     .order_by(saga_timeouts.c.due_at, saga_timeouts.c.id)
                     .limit(limit)
                 )
@@ -295,27 +294,22 @@ class SagaRunner:
         return outcomes
 
     def _fire_one(self, timeout_id: int, now: datetime) -> SagaOutcome | None:
-        for attempt in range(1, self.max_conflict_retries + 1):
-            try:
-                with self.sessions() as session, session.begin():
-                    row = session.execute(
-                        select(saga_timeouts)
-                        .where(saga_timeouts.c.id == timeout_id)
-                        .with_for_update(skip_locked=True)
-                    ).first()
-                    if row is None:  # fired by another runner, or cancelled meanwhile
-                        return None
-                    saga_cls = self._by_name.get(row.saga)
-                    if saga_cls is None:
-                        raise StoreError(f"timeout {timeout_id} names unknown saga {row.saga!r}")
-                    message = self.codec.decode(row.message_type, row.message_version, row.payload)
-                    session.execute(delete(saga_timeouts).where(saga_timeouts.c.id == timeout_id))
-                    return self.store.handle_timeout(session, saga_cls, row.key, message, now)
-            except SagaConcurrencyError:
-                if attempt == self.max_conflict_retries:
-                    raise
-                _backoff(attempt)
-        return None
+        return self._with_retry(partial(self._fire_in, timeout_id, now))
+
+    def _fire_in(self, timeout_id: int, now: datetime, session: Session) -> SagaOutcome | None:
+        row = session.execute(
+            select(saga_timeouts)
+            .where(saga_timeouts.c.id == timeout_id)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:  # fired by another runner, or cancelled meanwhile
+            return None
+        saga_cls = self._by_name.get(row.saga)
+        if saga_cls is None:
+            raise StoreError(f"timeout {timeout_id} names unknown saga {row.saga!r}")
+        message = self.codec.decode(row.message_type, row.message_version, row.payload)
+        session.execute(delete(saga_timeouts).where(saga_timeouts.c.id == timeout_id))
+        return self.store.handle_timeout(session, saga_cls, row.key, message, now)
 
     def _record_failure(self, timeout_id: int, exc: Exception) -> None:
         detail = "".join(traceback.format_exception(exc))[-4000:]
