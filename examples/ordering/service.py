@@ -6,18 +6,30 @@ The HTTP API and the demo call these; neither touches aggregates or sessions dir
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from ordering.bootstrap import OrderingApp
 from ordering.domain.events import OrderLine
 from ordering.domain.fulfilment import StockItem
 from ordering.domain.orders import Order
 from ordering.domain.support import Ticket
+from tidings import EventSourcedAggregate
 from tidings.errors import StreamNotFound
+from tidings.persistence.sql import SqlUnitOfWork
 
 
 class NotFound(Exception):
     pass
+
+
+A = TypeVar("A", bound=EventSourcedAggregate)
+
+
+def _load(app: OrderingApp, uow: SqlUnitOfWork, cls: type[A], id: str, what: str) -> A:
+    try:
+        return app.repository(uow).load(cls, id)
+    except StreamNotFound:
+        raise NotFound(f"no {what} {id!r}") from None
 
 
 def place_order(app: OrderingApp, order_id: str, buyer_id: str, lines: list[dict[str, Any]]) -> str:
@@ -33,10 +45,7 @@ def place_order(app: OrderingApp, order_id: str, buyer_id: str, lines: list[dict
 
 def _change_order(app: OrderingApp, order_id: str, change: str, *args: Any) -> None:
     with app.unit_of_work() as uow:
-        try:
-            order = app.repository(uow).load(Order, order_id)
-        except StreamNotFound:
-            raise NotFound(f"no order {order_id!r}") from None
+        order = _load(app, uow, Order, order_id, "order")
         getattr(order, change)(*args)
         uow.commit()
 
@@ -70,20 +79,14 @@ def open_ticket(
 
 def escalate_ticket(app: OrderingApp, ticket_id: str, reason: str) -> None:
     with app.unit_of_work() as uow:
-        try:
-            ticket = app.repository(uow).load(Ticket, ticket_id)
-        except StreamNotFound:
-            raise NotFound(f"no ticket {ticket_id!r}") from None
+        ticket = _load(app, uow, Ticket, ticket_id, "ticket")
         ticket.escalate(reason)
         uow.commit()
 
 
 def order_state(app: OrderingApp, order_id: str) -> dict[str, Any]:
     with app.unit_of_work() as uow:
-        try:
-            order = app.repository(uow).load(Order, order_id)
-        except StreamNotFound:
-            raise NotFound(f"no order {order_id!r}") from None
+        order = _load(app, uow, Order, order_id, "order")
     return {
         "order_id": order_id,
         "buyer_id": order.buyer_id,
@@ -117,10 +120,7 @@ def order_history(app: OrderingApp, order_id: str) -> list[dict[str, Any]]:
 
 def ticket_state(app: OrderingApp, ticket_id: str) -> dict[str, Any]:
     with app.unit_of_work() as uow:
-        try:
-            ticket = app.repository(uow).load(Ticket, ticket_id)
-        except StreamNotFound:
-            raise NotFound(f"no ticket {ticket_id!r}") from None
+        ticket = _load(app, uow, Ticket, ticket_id, "ticket")
     return {
         "ticket_id": ticket_id,
         "department": ticket.department,
