@@ -36,7 +36,7 @@ from tidings.core.codec import Codec, default_codec
 from tidings.core.commit import CommitBatch
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.eventsourcing import plans
-from tidings.eventsourcing.execution import Params, conflict_among, run, run_async
+from tidings.eventsourcing.execution import Params, Plan, conflict_among, run, run_async
 from tidings.eventsourcing.snapshots import SnapshotPolicy
 from tidings.eventsourcing.tables import EventStoreSchema, default_schema
 from tidings.persistence.sql import AsyncSqlUnitOfWork, SqlUnitOfWork
@@ -83,12 +83,58 @@ def _check_class(cls: type) -> None:
         raise ConfigurationError(f"{cls!r} is not an EventSourcedAggregate subclass")
 
 
-class EventSourcedRepository:
-    """Loads and adds event-sourced aggregates through a synchronous SQL unit of work."""
+class _Repository:
+    """What the sync and async repositories share; only running the load plan differs."""
 
-    def __init__(self, uow: SqlUnitOfWork, participant: EventStoreParticipant) -> None:
+    uow: SqlUnitOfWork | AsyncSqlUnitOfWork
+
+    def __init__(
+        self, uow: SqlUnitOfWork | AsyncSqlUnitOfWork, participant: EventStoreParticipant
+    ) -> None:
         self.uow = uow
         self.participant = participant
+
+    def _tracked_current(
+        self, cls: type[A], id: Any, at_version: int | None, as_of: datetime | None
+    ) -> A | None:
+        """The aggregate already in the unit of work (current state only), or None."""
+        _check_class(cls)
+        self.uow._require_active()
+        if at_version is None and as_of is None:
+            return _tracked(self.uow.aggregates(), cls, id)
+        return None
+
+    def _plan(
+        self, cls: type[A], id: Any, at_version: int | None, as_of: datetime | None
+    ) -> Plan[A]:
+        p = self.participant
+        return plans.load(
+            p.schema,
+            p.codec,
+            cls,
+            id,
+            at_version=at_version,
+            as_of=as_of,
+            use_snapshots=p.snapshots is not None,
+        )
+
+    def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
+        historical = at_version is not None or as_of is not None
+        return aggregate if historical else self.uow.track(aggregate)
+
+    def add(self, aggregate: A) -> A:
+        """Track a new aggregate: its events are appended when the unit of work commits."""
+        _check_class(type(aggregate))
+        return self.uow.track(aggregate)
+
+
+class EventSourcedRepository(_Repository):
+    """Loads and adds event-sourced aggregates through a synchronous SQL unit of work."""
+
+    uow: SqlUnitOfWork
+
+    def __init__(self, uow: SqlUnitOfWork, participant: EventStoreParticipant) -> None:
+        super().__init__(uow, participant)
 
     def load(
         self,
@@ -100,40 +146,20 @@ class EventSourcedRepository:
     ) -> A:
         """The aggregate (tracked by the unit of work), or its read-only state at a version or
         moment. Raises :class:`~tidings.errors.StreamNotFound` if it was never stored."""
-        _check_class(cls)
-        self.uow._require_active()
-        historical = at_version is not None or as_of is not None
-        if not historical:
-            found = _tracked(self.uow.aggregates(), cls, id)
-            if found is not None:
-                return found
-        p = self.participant
-        aggregate = run(
-            self.uow.session,
-            plans.load(
-                p.schema,
-                p.codec,
-                cls,
-                id,
-                at_version=at_version,
-                as_of=as_of,
-                use_snapshots=p.snapshots is not None,
-            ),
-        )
-        return aggregate if historical else self.uow.track(aggregate)
-
-    def add(self, aggregate: A) -> A:
-        """Track a new aggregate: its events are appended when the unit of work commits."""
-        _check_class(type(aggregate))
-        return self.uow.track(aggregate)
+        found = self._tracked_current(cls, id, at_version, as_of)
+        if found is not None:
+            return found
+        plan = self._plan(cls, id, at_version, as_of)
+        return self._loaded(run(self.uow.session, plan), at_version, as_of)
 
 
-class AsyncEventSourcedRepository:
+class AsyncEventSourcedRepository(_Repository):
     """The asyncio twin of :class:`EventSourcedRepository` (the same load plan)."""
 
+    uow: AsyncSqlUnitOfWork
+
     def __init__(self, uow: AsyncSqlUnitOfWork, participant: EventStoreParticipant) -> None:
-        self.uow = uow
-        self.participant = participant
+        super().__init__(uow, participant)
 
     async def load(
         self,
@@ -143,28 +169,8 @@ class AsyncEventSourcedRepository:
         at_version: int | None = None,
         as_of: datetime | None = None,
     ) -> A:
-        _check_class(cls)
-        self.uow._require_active()
-        historical = at_version is not None or as_of is not None
-        if not historical:
-            found = _tracked(self.uow.aggregates(), cls, id)
-            if found is not None:
-                return found
-        p = self.participant
-        aggregate = await run_async(
-            self.uow.session,
-            plans.load(
-                p.schema,
-                p.codec,
-                cls,
-                id,
-                at_version=at_version,
-                as_of=as_of,
-                use_snapshots=p.snapshots is not None,
-            ),
-        )
-        return aggregate if historical else self.uow.track(aggregate)
-
-    def add(self, aggregate: A) -> A:
-        _check_class(type(aggregate))
-        return self.uow.track(aggregate)
+        found = self._tracked_current(cls, id, at_version, as_of)
+        if found is not None:
+            return found
+        plan = self._plan(cls, id, at_version, as_of)
+        return self._loaded(await run_async(self.uow.session, plan), at_version, as_of)
