@@ -167,14 +167,17 @@ class SagaScenario:
         self._stored = StoredSaga(self._key, encode_state(state), version, completed)
         return self
 
-    def _apply(self, message: object, *, timeout: bool) -> StoredSaga | None:
-        outcome = run_saga(
+    def _run(self, message: object, *, timeout: bool) -> SagaOutcome:
+        return run_saga(
             self._saga,
             message,
             self._stored,
             now=self.now,
             key=self._key if timeout else None,
         )
+
+    def _apply(self, message: object, *, timeout: bool) -> StoredSaga | None:
+        outcome = self._run(message, timeout=timeout)
         if not outcome.handled:
             return self._stored
         version = (self._stored.version if self._stored else 0) + 1
@@ -188,13 +191,7 @@ class SagaScenario:
 
     def _when(self, message: object, *, timeout: bool) -> Self:
         try:
-            self._outcome = run_saga(
-                self._saga,
-                message,
-                self._stored,
-                now=self.now,
-                key=self._key if timeout else None,
-            )
+            self._outcome = self._run(message, timeout=timeout)
         except Exception as exc:
             self._error = exc
         return self
