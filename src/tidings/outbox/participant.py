@@ -62,6 +62,12 @@ def notify_channel(log: Table) -> str:
     return f"tidings_{log.name}"[:63]
 
 
+def notify_statement(log: Table) -> Executable:
+    """``pg_notify`` on ``log``'s channel: run it in the writing transaction, and PostgreSQL
+    delivers the notification if, and when, that transaction commits."""
+    return select(func.pg_notify(notify_channel(log), ""))
+
+
 class OutboxParticipant:
     """A :class:`~tidings.persistence.sql.CommitParticipant` that writes outbox rows."""
 
@@ -108,7 +114,7 @@ class OutboxParticipant:
             return []
         statements: list[tuple[Executable, Params]] = [(insert(self.table), rows)]
         if self.notify:
-            statements.append((select(func.pg_notify(notify_channel(self.table), "")), None))
+            statements.append((notify_statement(self.table), None))
         return statements
 
     def translate(self, error: DBAPIError) -> TidingsError | None:
@@ -128,12 +134,12 @@ class LogNotifier:
 
     def __init__(self, engine: Engine, log: Table, doorbell: Doorbell | None = None) -> None:
         self.notify = engine.dialect.name == "postgresql"
-        self.channel = notify_channel(log)
+        self.log = log
         self.doorbell = doorbell
 
     def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
         if self.notify and batch.envelopes:
-            return [(select(func.pg_notify(self.channel, "")), None)]
+            return [(notify_statement(self.log), None)]
         return []
 
     def translate(self, error: DBAPIError) -> TidingsError | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from tidings.core.codec import Codec, default_codec
@@ -28,7 +28,7 @@ from tidings.core.ids import uuid7
 from tidings.core.messages import to_stored
 from tidings.errors import ConfigurationError
 from tidings.outbox import tables as outbox_tables
-from tidings.outbox.participant import notify_channel
+from tidings.outbox.participant import notify_statement
 from tidings.sagas.definition import Saga
 from tidings.sagas.sql import CommandSink, SqlSagaStore
 
@@ -84,7 +84,7 @@ class OutboxCommands:
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
             # Delivered with the commit, like the outbox participant's own notification.
-            session.execute(select(func.pg_notify(notify_channel(self.table), "")))
+            session.execute(notify_statement(self.table))
 
 
 def register_saga(
