@@ -51,12 +51,15 @@ class Services:
             raise TypeError("the ordering handlers run in a SQL unit of work")
         return EventSourcedRepository(ctx.uow, self.events)
 
-    def load_or_new(self, ctx: HandlerContext, cls: type[A], id: str) -> A:
+    def load_or_new(
+        self, ctx: HandlerContext, cls: type[A], id: str, create: Callable[[str], A] | None = None
+    ) -> A:
+        """The stored aggregate, or a new one (``create(id)``, by default a blank one)."""
         repository = self.repository(ctx)
         try:
             return repository.load(cls, id)
         except StreamNotFound:
-            return repository.add(cls.blank(id))
+            return repository.add(create(id) if create is not None else cls.blank(id))
 
 
 def build_handlers(services: Services) -> Handlers:
@@ -66,11 +69,7 @@ def build_handlers(services: Services) -> Handlers:
 
     @handlers.in_transaction(OrderStarted)
     def ensure_buyer(started: OrderStarted, ctx: HandlerContext) -> None:
-        repository = services.repository(ctx)
-        try:
-            repository.load(Buyer, started.buyer_id)
-        except StreamNotFound:
-            repository.add(Buyer.register(started.buyer_id))
+        services.load_or_new(ctx, Buyer, started.buyer_id, create=Buyer.register)
 
     @handlers.in_transaction(TicketEscalated)
     def set_response_deadline(escalated: TicketEscalated, ctx: HandlerContext) -> None:
@@ -99,11 +98,12 @@ def build_handlers(services: Services) -> Handlers:
 
     @handlers.after_commit(OrderConfirmed, name="shipping")
     def arrange_shipping(confirmed: OrderConfirmed, ctx: HandlerContext) -> None:
-        repository = services.repository(ctx)
-        try:
-            repository.load(Shipment, confirmed.order_id)
-        except StreamNotFound:
-            repository.add(Shipment.arrange(confirmed.order_id, services.carrier.name))
+        services.load_or_new(
+            ctx,
+            Shipment,
+            confirmed.order_id,
+            create=lambda order_id: Shipment.arrange(order_id, services.carrier.name),
+        )
 
     @handlers.after_commit(OrderConfirmed, name="notifications")
     def tell_customer(confirmed: OrderConfirmed, ctx: HandlerContext) -> None:
