@@ -9,6 +9,7 @@ second relay (subscriber ``commands``).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -35,10 +36,12 @@ from tidings.outbox.deadletters import DeadLetters
 from tidings.outbox.participant import Doorbell, LogNotifier
 from tidings.outbox.relay import Relay
 from tidings.outbox.retry import OnFailure, RetryPolicy, SubscriberPolicy
+from tidings.persistence import setup
 from tidings.persistence.sql import SqlUnitOfWork
 from tidings.sagas.sql import SagaRunner
 from tidings.sagas.subscriber import OutboxCommands, register_saga
-from tidings.sagas.tables import saga_metadata
+
+log = logging.getLogger("ordering")
 
 PRODUCER = "ordering"
 COMMANDS = "commands"
@@ -148,9 +151,7 @@ class OrderingApp:
     # -- set-up -------------------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        self.store.create_tables()
-        outbox_tables.create_tables(self.engine)
-        saga_metadata.create_all(self.engine)
+        setup.create_tables(self.engine, ["eventstore", "outbox", "sagas"])
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -199,10 +200,8 @@ class OrderingApp:
             while not self._stop.wait(timeout_poll):
                 try:
                     self.sagas.fire_due_timeouts()
-                except Exception:  # keep pumping; the failure is logged by the caller's logs
-                    import logging
-
-                    logging.getLogger("ordering").exception("saga timeouts failed")
+                except Exception:  # e.g. the database is away: log it and keep pumping
+                    log.exception("saga timeouts failed")
 
         self._timeouts = threading.Thread(target=pump, name="saga-timeouts", daemon=True)
         self._timeouts.start()
