@@ -478,6 +478,96 @@ def ceiling_postgres(schema: str, rows: int) -> Result:
     return Result("postgres", "raw psycopg", "1 row/commit", rows, seconds, latencies)
 
 
+# The same commands as (a), written by hand in the raw driver: what the database itself costs
+# for tidings' schema (four indexes and a foreign key on the events table) and statements
+# (BEGIN, the stream read for an update, one event insert, COMMIT). The one-row ceiling above
+# has no indexes, no read and, on PostgreSQL, no explicit transaction.
+_RAW_INSERT = (
+    "INSERT INTO tidings_events (event_id, event_type, event_version, stream_id, stream_version,"
+    " previous_version, occurred_at, correlation_id, causation_id, producer, headers, payload)"
+    " VALUES ({marks})"
+)
+_RAW_SELECT = (
+    "SELECT stream_version, event_type, event_version, payload FROM tidings_events"
+    " WHERE stream_id = {m} AND stream_version > {m} AND stream_version <= {m}"
+    " ORDER BY stream_version"
+)
+
+
+def same_sql_commands(
+    backend: str, execute: Callable[[str, tuple[Any, ...]], list[Any]], begin: Callable[[], None],
+    commit: Callable[[], None], mark: str, encode_id: Callable[[uuid.UUID], Any],
+    moment: Any, commands: int,
+) -> Result:  # fmt: skip
+    insert_sql = _RAW_INSERT.format(marks=", ".join([mark] * 12))
+    select_sql = _RAW_SELECT.format(m=mark)
+    rng = random.Random(7)
+    created: list[str] = []
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for i in range(commands):
+        t0 = time.perf_counter()
+        begin()
+        if i % 2 == 0:
+            stream, version = f"Account-{uuid.uuid4().hex}", 0
+            created.append(stream)
+        else:
+            stream = rng.choice(created)
+            version = execute(select_sql, (stream, 0, 2**31 - 1))[-1][0]
+        event_id = uuid.uuid4()
+        execute(
+            insert_sql,
+            (encode_id(event_id), "bench.Deposited", 1, stream, version + 1, version or None,
+             moment, encode_id(event_id), None, None, "{}", b'{"amount":1}'),
+        )  # fmt: skip
+        commit()
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - started
+    return Result(backend, "raw same SQL", "a) commands", commands, seconds, latencies)
+
+
+def same_sql_sqlite(path: Path, commands: int) -> Result:
+    engine = sqlite_engine(path)
+    default_schema.create_all(engine)
+    engine.dispose()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        return same_sql_commands(
+            "sqlite",
+            lambda sql, params: conn.execute(sql, params).fetchall(),
+            lambda: conn.execute("BEGIN IMMEDIATE") and None,
+            lambda: conn.execute("COMMIT") and None,
+            "?",
+            lambda value: value.hex,
+            "2026-01-01 00:00:00.000000",
+            commands,
+        )
+    finally:
+        conn.close()
+
+
+def same_sql_postgres(schema: str, commands: int) -> Result:
+    engine = create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        connect_args={"options": f"-csearch_path={schema}"},
+    )
+    default_schema.create_all(engine)
+    engine.dispose()
+    with psycopg.connect(**POSTGRES, options=f"-csearch_path={schema}") as conn:
+
+        def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+        return same_sql_commands(
+            "postgres", execute, lambda: None, conn.commit, "%s", lambda value: value,
+            time_now(), commands,
+        )  # fmt: skip
+
+
 @contextmanager
 def postgres_schema(label: str) -> Iterator[str]:
     schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
@@ -501,7 +591,11 @@ class Sizes:
 
 def run_backend(backend: str, sizes: Sizes, directory: Path) -> list[Result]:
     results: list[Result] = []
-    with postgres_schema("tidings") as tidings_schema, postgres_schema("peer") as peer_schema:
+    with (
+        postgres_schema("tidings") as tidings_schema,
+        postgres_schema("peer") as peer_schema,
+        postgres_schema("raw") as raw_schema,
+    ):
         if backend == "sqlite":
             engine = sqlite_engine(directory / "tidings.db")
             peer_env = {
@@ -536,8 +630,10 @@ def run_backend(backend: str, sizes: Sizes, directory: Path) -> list[Result]:
             results.extend(workload_c(side, backend, sizes.long_stream, sizes.load_repeats))
         if backend == "sqlite":
             results.append(ceiling_sqlite(directory, sizes.raw_rows))
+            results.append(same_sql_sqlite(directory / "same-sql.db", sizes.commands))
         else:
             results.append(ceiling_postgres(tidings_schema, sizes.raw_rows))
+            results.append(same_sql_postgres(raw_schema, sizes.commands))
         engine.dispose()
     return results
 
@@ -571,6 +667,12 @@ def report(results: list[Result]) -> list[str]:
                 target(f"{backend} (a) {name} / eventsourcing", mine.rate / peer.rate, factor)
             if mine and raw:
                 target(f"{backend} (a) {name} / raw 1-row commits", mine.rate / raw.rate, 0.8)
+            same_sql = by.get((backend, "raw same SQL", "a) commands"))
+            if mine and same_sql:
+                verdicts.append(
+                    f"info  {backend} (a) {name} / the same SQL in the raw driver: "
+                    f"{mine.rate / same_sql.rate:.2f}"
+                )
         replay = by.get((backend, "tidings uow", "c) load, replay"))
         if replay:
             target(f"{backend} (c) replay, thousand events/s", replay.rate / 1000, 150)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
 from tidings.errors import ConcurrencyError, StoreError, TidingsError
+from tidings.persistence.direct import execute_direct
 
 T = TypeVar("T")
 
@@ -36,53 +37,11 @@ class Query:
     #: For appends: ``(stream_id, expected_version)``, so a constraint violation is reported
     #: as the :class:`ConcurrencyError` it means.
     conflict: tuple[str, int] | None = None
-    #: A read whose parameters and columns are plain ints, strings and bytes (no type
-    #: conversion either way): the synchronous shell may run it on the driver's cursor
-    #: directly, skipping SQLAlchemy's per-execution overhead on the hot paths (replay).
+    #: A prebuilt statement whose result columns need no conversion (ints, strings, bytes):
+    #: the synchronous shell runs it on the driver's cursor
+    #: (:func:`tidings.persistence.direct.execute_direct`), skipping SQLAlchemy's
+    #: per-execution overhead on the hot paths (loads, appends).
     direct: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    statement: Executable
-    sql: str
-    #: Parameter names in order, for positional paramstyles (None: pass a dict).
-    order: tuple[str, ...] | None
-    #: Values bound inside the statement itself (a LIMIT, for instance).
-    defaults: dict[str, Any]
-
-
-_compiled: dict[tuple[int, str], _Compiled] = {}
-
-
-def _direct_sql(statement: Executable, connection: Connection) -> _Compiled:
-    """The statement compiled once per dialect: SQL text, parameter order, bound defaults.
-
-    Only long-lived (prebuilt) statements are marked ``direct``; the entry keeps the statement
-    itself, so a recycled ``id()`` can never return another statement's SQL.
-    """
-    key = (id(statement), connection.dialect.name)
-    found = _compiled.get(key)
-    if found is None or found.statement is not statement:
-        compiled = statement.compile(dialect=connection.dialect)  # type: ignore[attr-defined]
-        order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
-        found = _compiled[key] = _Compiled(statement, compiled.string, order, compiled.params)
-    return found
-
-
-def _run_direct(connection: Connection, query: Query) -> Sequence[Any]:
-    if not connection.in_transaction():
-        connection.begin()
-    compiled = _direct_sql(query.statement, connection)
-    params: Any = {**compiled.defaults, **(query.params or {})}  # type: ignore[dict-item]
-    if compiled.order is not None:
-        params = tuple(params[name] for name in compiled.order)
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(compiled.sql, params)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
 
 
 #: A plan yields queries, receives their rows, and returns its result.
@@ -97,7 +56,9 @@ def run(target: Connection | Session, plan: Plan[T]) -> T:
         query = next(plan)
         while True:
             if query.direct:
-                query = plan.send(_run_direct(connection, query))
+                query = plan.send(
+                    execute_direct(connection, query.statement, query.params, fetch=query.fetch)
+                )
                 continue
             result = connection.execute(query.statement, query.params)
             query = plan.send(result.all() if query.fetch else ())

@@ -123,6 +123,7 @@ def append(
         rows,
         fetch=False,
         conflict=(stream_id, expected_version),
+        direct=True,
     )
     return expected_version + len(rows)
 
@@ -175,12 +176,15 @@ def append_batch(
                 rows,
                 fetch=False,
                 conflict=(stream, version_before),
+                direct=True,
             )
         )
         if snapshots is not None and snapshots.due(aggregate, version_before):
             snapshot_rows.append(snapshot_row(aggregate, codec))
     if snapshot_rows:
-        queries.append(Query(statements(schema).insert_snapshots, snapshot_rows, fetch=False))
+        queries.append(
+            Query(statements(schema).insert_snapshots, snapshot_rows, fetch=False, direct=True)
+        )
     return queries
 
 

@@ -39,6 +39,7 @@ from tidings.eventsourcing import plans
 from tidings.eventsourcing.execution import Params, Plan, conflict_among, run, run_async
 from tidings.eventsourcing.snapshots import SnapshotPolicy
 from tidings.eventsourcing.tables import EventStoreSchema, default_schema
+from tidings.persistence.direct import Direct
 from tidings.persistence.sql import AsyncSqlUnitOfWork, SqlUnitOfWork
 
 A = TypeVar("A", bound=EventSourcedAggregate)
@@ -61,11 +62,14 @@ class EventStoreParticipant:
             f"tidings_appends_{id(self)}", default=()
         )
 
-    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable | Direct, Params]]:
         queries = plans.append_batch(self.schema, self.codec, batch, self.snapshots)
         # Remembered for translate(), which runs in the same context if the commit fails.
         self._appends.set(tuple(q.conflict for q in queries if q.conflict is not None))
-        return [(query.statement, query.params) for query in queries]
+        return [
+            (Direct(query.statement) if query.direct else query.statement, query.params)
+            for query in queries
+        ]
 
     def translate(self, error: DBAPIError) -> TidingsError | None:
         return conflict_among(error, self.schema.events.name, self._appends.get())
@@ -150,7 +154,7 @@ class EventSourcedRepository(_Repository):
         if found is not None:
             return found
         plan = self._plan(cls, id, at_version, as_of)
-        return self._loaded(run(self.uow.session, plan), at_version, as_of)
+        return self._loaded(run(self.uow.connection, plan), at_version, as_of)
 
 
 class AsyncEventSourcedRepository(_Repository):

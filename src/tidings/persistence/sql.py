@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,7 @@ from tidings.core.aggregate import Aggregate
 from tidings.core.commit import CommitBatch
 from tidings.core.unit_of_work import AsyncUnitOfWork, UnitOfWork, UnitOfWorkBase
 from tidings.errors import StoreError, TidingsError
+from tidings.persistence.direct import Direct, execute_direct
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -33,7 +34,10 @@ Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 class CommitParticipant(Protocol):
     """Contributes statements to a unit of work's transaction (sans-I/O: it only builds them)."""
 
-    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]: ...
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable | Direct, Params]]:
+        """The statements to run; a :class:`~tidings.persistence.direct.Direct` one runs on the
+        driver's cursor."""
+        ...
 
     def translate(self, error: DBAPIError) -> TidingsError | None:
         """Turn a driver error caused by one of its statements into a tidings error, or None."""
@@ -73,14 +77,25 @@ def _translate(error: SQLAlchemyError, participants: Sequence[CommitParticipant]
 class _SqlCommon:
     participants: list[CommitParticipant]
 
-    def _all_statements(self, batch: CommitBatch) -> list[tuple[Executable, Params]]:
+    def _all_statements(self, batch: CommitBatch) -> list[tuple[Executable | Direct, Params]]:
         return [stmt for participant in self.participants for stmt in participant.statements(batch)]
 
 
 class SqlUnitOfWork(UnitOfWork, _SqlCommon):
-    """Synchronous unit of work on a SQLAlchemy ``Session``."""
+    """Synchronous unit of work on one SQLAlchemy ``Connection``, with an ORM ``Session`` on it
+    when one is needed.
 
-    session: Session
+    The transaction lives on a connection checked out lazily, on first use. The ORM
+    :attr:`session` is created only when something asks for it (``get``, ``add`` of a mapped
+    aggregate, a handler using ``uow.session``) and is bound to that same connection, so ORM
+    changes, participants' statements (outbox rows, events) and direct reads all commit in one
+    transaction. A unit of work that never touches the ORM (event-sourced aggregates, outbox
+    rows) skips the ``Session`` entirely: its setup, flush and commit bookkeeping cost more than
+    the statements themselves.
+
+    Given a ``sessionmaker`` without a single ``bind`` (several engines), the unit of work falls
+    back to a plain session and :attr:`connection` is the session's connection.
+    """
 
     def __init__(
         self,
@@ -91,12 +106,55 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
         **kwargs: Any,
     ) -> None:
         super().__init__(handlers, **kwargs)
-        self._sessions = (
-            sessionmaker(sessions, expire_on_commit=False)
-            if isinstance(sessions, Engine)
-            else sessions
-        )
+        if isinstance(sessions, Engine):
+            self._engine: Engine | None = sessions
+            self._sessions = sessionmaker(sessions, expire_on_commit=False)
+        else:
+            bind = sessions.kw.get("bind")
+            self._engine = (
+                bind if isinstance(bind, Engine) and not sessions.kw.get("binds") else None
+            )
+            self._sessions = sessions
         self.participants = list(participants)
+        self._connection: Connection | None = None
+        self._session: Session | None = None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine transactions run on (None for a multi-engine ``sessionmaker``)."""
+        return self._engine
+
+    @property
+    def connection(self) -> Connection:
+        """This unit of work's connection, in its transaction (begun on first use)."""
+        self._require_active()
+        if self._connection is None:
+            if self._engine is None:
+                self._connection = self.session.connection()
+            else:
+                connection = self._engine.connect()
+                try:
+                    connection.begin()
+                except BaseException:
+                    connection.close()
+                    raise
+                self._connection = connection
+        return self._connection
+
+    @property
+    def session(self) -> Session:
+        """The ORM session of this unit of work (created on first use, on its connection)."""
+        self._require_active()
+        if self._session is None:
+            if self._engine is None:
+                self._session = self._sessions()
+            else:
+                # Joined to the connection's transaction and in charge of it: commit() and
+                # rollback() of the session end that transaction.
+                self._session = self._sessions(
+                    bind=self.connection, join_transaction_mode="control_fully"
+                )
+        return self._session
 
     def get(self, cls: type[A], id: Any) -> A | None:
         """Load an aggregate by primary key and track it."""
@@ -105,38 +163,68 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
         return self.track(found) if found is not None else None
 
     def add(self, aggregate: A) -> A:
+        """Track ``aggregate``; a mapped one is added to the session too (inserted on commit)."""
         self._require_active()
-        self.session.add(aggregate)
+        if _is_mapped(aggregate):
+            self.session.add(aggregate)
         return self.track(aggregate)
 
     def aggregates(self) -> list[Aggregate]:
-        return _session_aggregates(self.session, UnitOfWorkBase.aggregates(self))
+        tracked = UnitOfWorkBase.aggregates(self)
+        if self._session is None:
+            return list(tracked)
+        return _session_aggregates(self._session, tracked)
 
     def _begin(self) -> None:
-        self.session = self._sessions()
+        self._connection = None
+        self._session = None
 
     def _persist(self, batch: CommitBatch) -> None:
         try:
-            self.session.flush()
-            for statement, params in self._all_statements(batch):
-                self.session.execute(statement, params)
+            if self._session is not None:
+                self._session.flush()
+            statements = self._all_statements(batch)
+            if statements:
+                connection = self.connection
+                for statement, params in statements:
+                    if isinstance(statement, Direct):
+                        execute_direct(connection, statement.statement, params, fetch=False)
+                    else:
+                        connection.execute(statement, params)
         except SQLAlchemyError as exc:
             raise _translate(exc, self.participants) from exc
 
     def _commit_transaction(self) -> None:
         try:
-            self.session.commit()
+            if self._session is not None:
+                self._session.commit()
+            elif self._connection is not None:
+                self._connection.commit()
         except SQLAlchemyError as exc:
             raise _translate(exc, self.participants) from exc
 
     def _rollback(self) -> None:
-        self.session.rollback()
+        if self._session is not None:
+            self._session.rollback()
+        elif self._connection is not None:
+            self._connection.rollback()
 
     def _after_commit(self, batch: CommitBatch) -> None:
         _notify_committed(self.participants, batch)
 
     def _end(self) -> None:
-        self.session.close()
+        session, connection = self._session, self._connection
+        self._session = self._connection = None
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            if connection is not None and self._engine is not None:
+                connection.close()
+
+
+def _is_mapped(instance: object) -> bool:
+    return inspect(instance, raiseerr=False) is not None
 
 
 class AsyncSqlUnitOfWork(AsyncUnitOfWork, _SqlCommon):
@@ -180,6 +268,9 @@ class AsyncSqlUnitOfWork(AsyncUnitOfWork, _SqlCommon):
         try:
             await self.session.flush()
             for statement, params in self._all_statements(batch):
+                # Direct execution is a synchronous-driver optimisation; run it the usual way.
+                if isinstance(statement, Direct):
+                    statement = statement.statement
                 await self.session.execute(statement, params)
         except SQLAlchemyError as exc:
             raise _translate(exc, self.participants) from exc

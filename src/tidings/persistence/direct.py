@@ -1,0 +1,137 @@
+"""Running prebuilt statements on the driver's cursor, for the hottest paths.
+
+SQLAlchemy's ``Connection.execute`` costs tens of microseconds per call (cache key, execution
+context, result set-up, events) while a small indexed read or a one-row insert costs a few in
+the driver. On paths that run per command (loading a stream, appending its events) that overhead
+is most of the work, so those statements run here instead:
+
+* compiled once per (statement, dialect, parameter names) into SQL text, parameter order and
+  the columns' bind processors (``TypeEngine.bind_processor``: UUIDs and datetimes on SQLite,
+  for example), then executed with the DB-API cursor of the same connection, so they stay in the
+  unit of work's transaction;
+* only for statements built once and kept (the cache holds the statement, so a recycled
+  ``id()`` can never return another statement's SQL), with parameters that need nothing but
+  the bind processors: no Python-side column defaults, no SQL expressions as values;
+* driver errors come back as SQLAlchemy's ``DBAPIError`` family (with the statement and its
+  parameters), exactly as ``Connection.execute`` raises them, and a lost connection is
+  invalidated so the pool does not hand it out again.
+
+Result rows come back as the driver returns them (no result processors), so reads must select
+columns whose driver values are what the caller wants (integers, strings, bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.base import Executable
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """Marks a prebuilt statement to run on the driver's cursor (see the module docstring)."""
+
+    statement: Executable
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    statement: Executable
+    sql: str
+    #: Parameter names in order, for positional paramstyles (None: the driver takes a dict).
+    order: tuple[str, ...] | None
+    #: Values bound inside the statement itself (a LIMIT, for instance).
+    defaults: dict[str, Any]
+    #: Bind processors of the parameters that have one.
+    processors: dict[str, Processor]
+
+
+_compiled: dict[tuple[int, str, tuple[str, ...]], _Compiled] = {}
+
+
+def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...]) -> _Compiled:
+    dialect = connection.dialect
+    cache_key = (id(statement), dialect.name, keys)
+    found = _compiled.get(cache_key)
+    if found is not None and found.statement is statement:
+        return found
+    # column_keys: an INSERT lists exactly the columns given (the others take their server
+    # defaults), as Connection.execute would compile it for these parameters.
+    compiled = statement.compile(  # type: ignore[attr-defined]
+        dialect=dialect, column_keys=list(keys) if keys else None
+    )
+    processors: dict[str, Processor] = {}
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors[name] = processor
+    order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+    found = _compiled[cache_key] = _Compiled(
+        statement, compiled.string, order, dict(compiled.params), processors
+    )
+    return found
+
+
+def _bound(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+    values = {**compiled.defaults, **params} if compiled.defaults else dict(params)
+    for name, processor in compiled.processors.items():
+        value = values.get(name)
+        if value is not None:
+            values[name] = processor(value)
+    if compiled.order is not None:
+        return tuple(values[name] for name in compiled.order)
+    return values
+
+
+def execute_direct(
+    connection: Connection,
+    statement: Executable,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    *,
+    fetch: bool = True,
+) -> list[Any]:
+    """Run ``statement`` with ``params`` (one mapping, or a list for executemany) on
+    ``connection``'s driver cursor, in its transaction; returns the rows (if ``fetch``)."""
+    if not connection.in_transaction():
+        connection.begin()
+    rows: Sequence[Mapping[str, Any]] = params if isinstance(params, Sequence) else [params or {}]
+    if not rows:
+        return []
+    # One row goes through execute(): psycopg runs executemany() in pipeline mode, which
+    # costs extra round trips for a single statement.
+    many = len(rows) > 1
+    compiled = _compile(statement, connection, tuple(rows[0]))
+    bound: Any = [_bound(compiled, row) for row in rows] if many else _bound(compiled, rows[0])
+    cursor = connection.connection.cursor()
+    try:
+        if many:
+            cursor.executemany(compiled.sql, bound)
+            return []
+        cursor.execute(compiled.sql, bound)
+        return list(cursor.fetchall()) if fetch else []
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(connection, compiled.sql, bound, exc, cursor) from exc
+    finally:
+        cursor.close()
+
+
+def _wrapped(connection: Connection, sql: str, params: Any, error: Any, cursor: Any) -> Exception:
+    dialect = connection.dialect
+    disconnected = dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor)
+    if disconnected:
+        connection.invalidate(error)
+    wrapped: Exception = DBAPIError.instance(
+        sql,
+        params,
+        error,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=disconnected,
+        dialect=dialect,
+    )
+    return wrapped
