@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, bindparam, func, insert, select
+from sqlalchemy import Integer, Select, and_, bindparam, false, func, insert, or_, select
 
 from tidings.core.aggregate import EventSourcedAggregate
 from tidings.core.codec import Codec
@@ -30,7 +30,7 @@ from tidings.eventsourcing.records import (
 from tidings.eventsourcing.replay import replay_rows
 from tidings.eventsourcing.snapshots import SnapshotPolicy, restore, snapshot_row
 from tidings.eventsourcing.tables import EventStoreSchema
-from tidings.persistence.log import Checkpoint, read_after
+from tidings.persistence.log import Checkpoint, after_bound, read_after, visible
 
 A = TypeVar("A", bound=EventSourcedAggregate)
 
@@ -63,6 +63,8 @@ class Statements:
             )
             .order_by(events.c.stream_version)
         )
+        #: Log pages per (dialect, type names, stream prefix): see log_page_statement.
+        self.log_pages: dict[tuple[str, tuple[str, ...] | None, str | None], Select[Any]] = {}
         self.snapshot = (
             select(
                 snaps.c.stream_id,
@@ -78,6 +80,47 @@ class Statements:
             .order_by(snaps.c.stream_version.desc())
             .limit(1)
         )
+
+
+#: Distinct filtered log reads kept prebuilt per schema (a projection's filters are fixed; ad
+#: hoc filters beyond this many are built per call instead).
+_MAX_LOG_STATEMENTS = 256
+
+
+def log_page_statement(
+    schema: EventStoreSchema,
+    dialect_name: str,
+    names: Sequence[str] | None = None,
+    stream_prefix: str | None = None,
+) -> Select[Any] | None:
+    """The prebuilt log read for ``dialect_name`` and these filters (checkpoint and limit
+    bound), or None when too many distinct filters were seen already."""
+    prebuilt = statements(schema)
+    key = (dialect_name, tuple(names) if names is not None else None, stream_prefix or None)
+    found = prebuilt.log_pages.get(key)
+    if found is None:
+        if len(prebuilt.log_pages) >= _MAX_LOG_STATEMENTS:
+            return None
+        events = schema.events
+        condition = after_bound(events)
+        fence = visible(events, dialect_name)
+        if fence is not None:
+            condition = and_(condition, fence)
+        if names is not None:
+            # Plain comparisons, not IN: their values are ordinary bound parameters, which the
+            # direct shell passes as they are (IN's expanding parameter needs SQLAlchemy).
+            condition = and_(condition, or_(false(), *(events.c.event_type == n for n in names)))
+        if stream_prefix:
+            condition = and_(
+                condition, events.c.stream_id.startswith(stream_prefix, autoescape=True)
+            )
+        found = prebuilt.log_pages[key] = (
+            select(events)
+            .where(condition)
+            .order_by(events.c.tx, events.c.position)
+            .limit(bindparam("page_limit", type_=Integer))
+        )
+    return found
 
 
 def statements(schema: EventStoreSchema) -> Statements:
@@ -203,13 +246,9 @@ def save(
     pending.sort(key=lambda item: item[0])
     batch.sequences = [seq for seq, _ in pending]
     batch.envelopes = [env for _, env in pending]
-    for aggregate in aggregates:
-        mine = [env for env in batch.envelopes if env.stream_id == aggregate.stream_id]
-        if mine:
-            expected = (mine[0].stream_version or 1) - 1
-            actual = yield from current_version(schema, aggregate.stream_id)
-            if actual != expected:
-                raise ConcurrencyError(aggregate.stream_id, expected, actual)
+    # No version read first: each stream's insert starts at the version after the one the
+    # aggregate was loaded at, so the unique and no-gap constraints reject a stale save (the
+    # store then reads the actual version for the error). One statement fewer per save.
     # A plain loop, not ``yield from``: a list has no send(), and inserts return no rows.
     for query in append_batch(schema, codec, batch, snapshots):  # noqa: UP028
         yield query
@@ -291,8 +330,23 @@ def read_log(
     if not isinstance(after, Checkpoint):
         raise ValueError(f"after must be a Checkpoint, got {after!r}")
     events = schema.events
-    statement = read_after(events, after, dialect_name, limit=_positive(limit, "limit"))
+    limit = _positive(limit, "limit")
     names = type_names(types)
+    prebuilt = (
+        log_page_statement(schema, dialect_name, names, stream_prefix)
+        if stream_id is None
+        else None
+    )
+    if prebuilt is not None:
+        # The projection hot path: a prebuilt statement on the driver's cursor.
+        rows = yield Query(
+            prebuilt,
+            {"after_tx": after.tx, "after_position": after.position, "page_limit": limit},
+            direct=True,
+        )
+        entries = rows_to_entries(rows)
+        return LogPage(entries, entries[-1].checkpoint if entries else after)
+    statement = read_after(events, after, dialect_name, limit=limit)
     if names is not None:
         statement = statement.where(events.c.event_type.in_(names))
     if stream_prefix:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+from uuid import UUID
 
 import msgspec
 
@@ -162,8 +163,21 @@ class LogPage:
         return len(self.entries)
 
 
+def _uuid(value: Any) -> UUID:
+    # Rows read on the driver's cursor carry the stored form: a hex string on SQLite.
+    return value if type(value) is UUID else UUID(hex=value)
+
+
+def _moment(value: Any) -> datetime:
+    if type(value) is str:  # SQLite's stored form, written in UTC
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value if value.tzinfo is UTC else utc(value)
+
+
 def row_to_entry(row: Any) -> LogEntry:
-    """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded."""
+    """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded.
+
+    Takes rows converted by SQLAlchemy and rows straight from the driver alike."""
     (
         position,
         tx,
@@ -181,14 +195,14 @@ def row_to_entry(row: Any) -> LogEntry:
         payload,
     ) = row
     stored = StoredEvent(
-        event_id,
+        _uuid(event_id),
         event_type,
         event_version,
         stream_id,
         stream_version,
-        occurred_at if occurred_at.tzinfo is UTC else utc(occurred_at),
-        correlation_id,
-        causation_id,
+        _moment(occurred_at),
+        _uuid(correlation_id),
+        None if causation_id is None else _uuid(causation_id),
         producer,
         payload if type(payload) is bytes else bytes(payload),
         {}

@@ -32,6 +32,7 @@ from tidings.eventsourcing.records import LogEntry, LogPage
 from tidings.eventsourcing.snapshots import SnapshotPolicy
 from tidings.eventsourcing.tables import EventStoreSchema, default_schema
 from tidings.persistence.log import START, Checkpoint
+from tidings.persistence.sqlite import READ_ONLY
 
 A = TypeVar("A", bound=EventSourcedAggregate)
 T = TypeVar("T")
@@ -83,7 +84,7 @@ class EventStore(_StoreConfig):
             raise ConcurrencyError(exc.stream_id, exc.expected_version, actual) from exc
 
     def _read(self, plan: Plan[T]) -> T:
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             return run(conn, plan)
 
     def append(self, stream_id: str, events: Sequence[object], expected_version: int) -> int:
@@ -216,6 +217,7 @@ class AsyncEventStore(_StoreConfig):
 
     async def _read(self, plan: Plan[T]) -> T:
         async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
             return await run_async(conn, plan)
 
     async def append(self, stream_id: str, events: Sequence[object], expected_version: int) -> int:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     event,
     literal_column,
     or_,
@@ -98,6 +99,16 @@ def after(table: Table, checkpoint: Checkpoint) -> ColumnElement[bool]:
     """Rows strictly after ``checkpoint`` in ``(tx, position)`` order."""
     tx, position = table.c.tx, table.c.position
     return or_(tx > checkpoint.tx, and_(tx == checkpoint.tx, position > checkpoint.position))
+
+
+def after_bound(table: Table) -> ColumnElement[bool]:
+    """Rows after the checkpoint bound as ``after_tx`` / ``after_position`` (prebuilt reads)."""
+    tx, position = table.c.tx, table.c.position
+    after_tx = bindparam("after_tx", type_=BigInteger)
+    return or_(
+        tx > after_tx,
+        and_(tx == after_tx, position > bindparam("after_position", type_=BigInteger)),
+    )
 
 
 def visible(table: Table, dialect_name: str) -> ColumnElement[bool] | None:

@@ -16,6 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
+#: Execution option for connections that only read: ``conn.execution_options(**{READ_ONLY:
+#: True})`` makes their transactions begin DEFERRED instead of IMMEDIATE.
+READ_ONLY = "tidings_read_only"
+
 
 def _configure(sync_engine: Engine, busy_timeout_ms: int, synchronous: Synchronous) -> None:
     @event.listens_for(sync_engine, "connect")
@@ -33,9 +37,14 @@ def _configure(sync_engine: Engine, busy_timeout_ms: int, synchronous: Synchrono
     def on_begin(connection: Any) -> None:
         # On the driver's cursor: exec_driver_sql's execution machinery costs several times
         # what the statement does, once per transaction.
+        # A connection marked read-only (execution option READ_ONLY) begins DEFERRED: a reader
+        # takes no write lock, so it neither waits for writers nor holds them up.
+        statement = (
+            "BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        )
         cursor = connection.connection.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(statement)
         finally:
             cursor.close()
 
