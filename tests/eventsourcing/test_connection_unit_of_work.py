@@ -96,6 +96,28 @@ def test_a_conflicting_append_rolls_back_the_orm_rows_too(tables: Engine) -> Non
     assert stale.pending_events, "the events stay pending for a retry"
 
 
+def test_a_session_created_but_never_used_does_not_lose_the_events(tables: Engine) -> None:
+    participant = EventStoreParticipant()
+    uow = SqlUnitOfWork(tables, participants=[participant])
+    account_id = fresh_id()
+    with uow:
+        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "cy"))
+        assert uow.session is not None  # e.g. a handler looked at it and wrote nothing
+        uow.commit()
+    assert EventStore(tables).current_version(f"ContractAccount-{account_id}") == 1
+
+
+def test_a_rolled_back_unit_of_work_with_an_unused_session_writes_nothing(
+    tables: Engine,
+) -> None:
+    uow = SqlUnitOfWork(tables)
+    with uow:
+        uow.connection.execute(insert(Note), {"id": 5, "text": "rolled back"})
+        assert uow.session is not None
+        uow.rollback()
+    assert notes(tables) == []
+
+
 def test_reads_through_the_connection_see_the_sessions_flushed_rows(tables: Engine) -> None:
     uow = SqlUnitOfWork(tables)
     with uow:
@@ -180,3 +202,23 @@ def test_direct_errors_are_sqlalchemy_errors_and_the_batch_is_atomic(tables: Eng
     with tables.connect() as conn:
         ids = sorted(conn.execute(select(typed.c.id)).scalars())
     assert ids == [10], "the failed batch left nothing behind"
+
+
+def test_a_sessionmaker_with_several_binds_still_commits_and_loads(tables: Engine) -> None:
+    participant = EventStoreParticipant()
+    sessions = sessionmaker(
+        binds={participant.schema.events: tables, Note: tables}, expire_on_commit=False
+    )
+    uow = SqlUnitOfWork(sessions, participants=[participant])
+    assert uow.engine is None
+    account_id = fresh_id()
+    with uow:
+        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "di"))
+        uow.session.add(Note(id=6, text="multi-bind"))
+        uow.commit()
+    with uow:
+        account = EventSourcedRepository(uow, participant).load(ContractAccount, account_id)
+        account.deposit(4)
+        uow.commit()
+    assert EventStore(tables).current_version(f"ContractAccount-{account_id}") == 2
+    assert notes(tables) == ["multi-bind"]

@@ -154,7 +154,8 @@ class EventSourcedRepository(_Repository):
         if found is not None:
             return found
         plan = self._plan(cls, id, at_version, as_of)
-        return self._loaded(run(self.uow.connection, plan), at_version, as_of)
+        connection = self.uow.connection_for(self.participant.schema.events)
+        return self._loaded(run(connection, plan), at_version, as_of)
 
 
 class AsyncEventSourcedRepository(_Repository):

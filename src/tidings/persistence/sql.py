@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -141,6 +141,14 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
                 self._connection = connection
         return self._connection
 
+    def connection_for(self, table: Table) -> Connection:
+        """The connection that reaches ``table``: :attr:`connection`, or with several engines
+        the session's connection to the engine bound to ``table``."""
+        if self._engine is None:
+            self._require_active()
+            return self.session.connection(bind_arguments={"clause": table})
+        return self.connection
+
     @property
     def session(self) -> Session:
         """The ORM session of this unit of work (created on first use, on its connection)."""
@@ -184,7 +192,13 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
             if self._session is not None:
                 self._session.flush()
             statements = self._all_statements(batch)
-            if statements:
+            if statements and self._engine is None:
+                # Several engines: the session picks each statement's bind by its table.
+                for statement, params in statements:
+                    if isinstance(statement, Direct):
+                        statement = statement.statement
+                    self.session.execute(statement, params)
+            elif statements:
                 connection = self.connection
                 for statement, params in statements:
                     if isinstance(statement, Direct):
@@ -198,7 +212,9 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
         try:
             if self._session is not None:
                 self._session.commit()
-            elif self._connection is not None:
+            # A session joins the connection's transaction only once it runs something; one
+            # created but never used commits nothing, so the connection commits itself.
+            if self._connection is not None and self._connection.in_transaction():
                 self._connection.commit()
         except SQLAlchemyError as exc:
             raise _translate(exc, self.participants) from exc
@@ -206,7 +222,7 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
     def _rollback(self) -> None:
         if self._session is not None:
             self._session.rollback()
-        elif self._connection is not None:
+        if self._connection is not None and self._connection.in_transaction():
             self._connection.rollback()
 
     def _after_commit(self, batch: CommitBatch) -> None:
