@@ -18,7 +18,11 @@ each delivery it:
 Adapters may hand it several consecutive messages of one partition at once
 (:meth:`InboxConsumer.handle_batch`): they are then handled in one transaction, one commit for
 all, which is what makes acknowledging after commit affordable at high rates. If anything in a
-batch fails, nothing of it is committed and the adapter handles the messages one by one.
+batch fails, nothing of it is committed and the adapter handles the messages one by one. A
+handler that can apply several envelopes at once (one multi-row statement instead of one round
+trip per message) may also provide ``handle_many(envelopes, session)``
+(:class:`BatchEnvelopeHandler`): batches then call it once with the messages not handled
+before, in delivery order, inside the same transaction.
 
 If the handler raises, the transaction (inbox row included) rolls back and the broker redelivers.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, insert
@@ -64,6 +68,41 @@ inbox_table = Table(
 #: Your code: receives the decoded envelope and the open session; its writes commit with the
 #: inbox record.
 EnvelopeHandler = Callable[[Envelope[Any], AsyncSession], Awaitable[None]]
+
+
+@runtime_checkable
+class BatchEnvelopeHandler(Protocol):
+    """An :data:`EnvelopeHandler` that can also apply several envelopes in one go.
+
+    ``handle_many`` gets the batch's new messages (duplicates already dropped), in delivery
+    order, and the open session; it must have the same effects as calling the handler for each
+    of them in turn. Raising rolls the whole batch back (the adapter then goes one by one).
+    """
+
+    async def __call__(self, envelope: Envelope[Any], session: AsyncSession) -> None: ...
+
+    async def handle_many(
+        self, envelopes: Sequence[Envelope[Any]], session: AsyncSession
+    ) -> None: ...
+
+
+def _insert_new(dialect: str) -> Any:
+    """``INSERT .. ON CONFLICT DO NOTHING RETURNING message_id``, built once per dialect.
+
+    Executed with a list of rows it is one statement (SQLAlchemy's "insertmanyvalues") whose
+    compiled form is cached, rather than a fresh multi-VALUES statement compiled per batch.
+    """
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        module: Any = postgresql if dialect == "postgresql" else sqlite
+        statement = (
+            module.insert(inbox_table).on_conflict_do_nothing().returning(inbox_table.c.message_id)
+        )
+        _INSERTS[dialect] = statement
+    return statement
+
+
+_INSERTS: dict[str, Any] = {}
 
 
 class InboxConsumer:
@@ -125,18 +164,21 @@ class InboxConsumer:
         statement, and the handler runs, in order, for each message not handled before.
         """
         decoded = [self.read(delivery) for delivery in deliveries]
-        handled = duplicates = 0
+        new: list[Envelope[Any]] = []
         async with self.sessions() as session, session.begin():
             fresh = await self._record_many(session, [stored for stored, _ in decoded])
             for stored, envelope in decoded:
                 if stored.event_id in fresh:
                     fresh.discard(stored.event_id)  # the same message twice in one batch
-                    await self.handler(envelope, session)
-                    handled += 1
-                else:
-                    duplicates += 1
-        self.handled += handled
-        self.duplicates += duplicates
+                    new.append(envelope)
+            handler = self.handler
+            if isinstance(handler, BatchEnvelopeHandler) and len(new) > 1:
+                await handler.handle_many(new, session)
+            else:
+                for envelope in new:
+                    await handler(envelope, session)
+        self.handled += len(new)
+        self.duplicates += len(decoded) - len(new)
 
     async def _record_many(
         self, session: AsyncSession, messages: Sequence[StoredEvent]
@@ -155,14 +197,10 @@ class InboxConsumer:
             }
             for m in messages
         }
-        module: Any = postgresql if dialect == "postgresql" else sqlite
-        statement = (
-            module.insert(inbox_table)
-            .values(list(rows.values()))
-            .on_conflict_do_nothing()
-            .returning(inbox_table.c.message_id)
-        )
-        result = await session.execute(statement)
+        # In id order, so that two transactions inserting overlapping rows (redeliveries racing
+        # on two consumers) take the row locks in the same order instead of deadlocking.
+        ordered = [rows[event_id] for event_id in sorted(rows)]
+        result = await session.execute(_insert_new(dialect), ordered)
         return {UUID(message_id) for message_id in result.scalars()}
 
     async def _record(self, session: AsyncSession, stored: StoredEvent) -> bool:
@@ -175,17 +213,10 @@ class InboxConsumer:
         }
         dialect = session.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
-            module: Any = postgresql if dialect == "postgresql" else sqlite
             # RETURNING says whether the row went in (rowcount is not reliable with every
             # driver); ON CONFLICT DO NOTHING makes a racing duplicate wait for the first
             # transaction and then insert nothing.
-            statement = (
-                module.insert(inbox_table)
-                .values(row)
-                .on_conflict_do_nothing()
-                .returning(inbox_table.c.message_id)
-            )
-            result = await session.execute(statement)
+            result = await session.execute(_insert_new(dialect), row)
             return result.first() is not None
         try:
             async with session.begin_nested():

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from tidings.brokers.port import (
     Delivery,
+    GroupCommit,
     Handler,
     Outcome,
     Topology,
@@ -28,7 +29,6 @@ from tidings.brokers.port import (
     partition_key,
     partition_of,
     retry_pause,
-    run_batch,
     run_handler,
 )
 from tidings.brokers.wire import encode_headers
@@ -121,6 +121,7 @@ class _MemoryConsumer:
         self._group_name = group_name
         self._group = group
         self._handler = handler
+        self._batches = GroupCommit(handler, broker.topology, group_name)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -149,7 +150,7 @@ class _MemoryConsumer:
                     Delivery(m.body, dict(m.headers), index, m.deliveries + 1, m.broker_id)
                     for m in batch
                 ]
-                if await run_batch(self._handler, deliveries, topology, self._group_name):
+                if await self._batches.run(deliveries):
                     for message in batch:
                         message.deliveries += 1
                         if partition.queue and partition.queue[0] is message:

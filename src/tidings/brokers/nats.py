@@ -7,12 +7,21 @@ Topology declared for a bus ``B`` with groups ``G``:
   event id, so JetStream itself drops a duplicate publication within its duplicate window (a
   relay retrying after a lost acknowledgement);
 * per group and partition: a durable pull consumer ``G-p<i>`` filtered on ``B.p.<i>`` with
-  explicit acks, ``ack_wait = redelivery_after`` and ``max_ack_pending = 1``. Any number of
-  processes may pull from it, yet only one message of a partition is ever outstanding: the next
-  one is handed out after the previous is acked, so competing consumers cannot overtake each
-  other within a partition, and a consumer that dies holding a message loses it to another
-  after ``ack_wait``. Partitions are served concurrently;
+  explicit acks, ``ack_wait = redelivery_after`` and ``max_ack_pending = prefetch``;
+* a key-value bucket ``B_leases`` (entries live ``redelivery_after``) saying which consumer of
+  group ``G`` owns partition ``i`` (key ``G.p<i>``). A consumer takes free partitions with a
+  create-if-absent and renews its leases every third of ``redelivery_after`` (a
+  compare-and-set on the revision); only the owner pulls from a partition, so competing
+  consumers never overtake each other within it. When an owner dies its lease expires; the
+  next owner first waits ``ack_wait`` if messages are still unacknowledged, so JetStream hands
+  them back before anything newer;
 * a stream ``B_dead`` on ``B.dead.*`` for dead letters (subject ``B.dead.<G>``).
+
+The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch),
+gives it to a batch-capable handler (the inbox) at once and acknowledges it after the single
+commit; otherwise, or if the batch fails, message by message. A failed message is retried in
+place after a short pause (``in_progress`` keeps JetStream from redelivering it meanwhile), up
+to ``max_deliveries``, then dead-lettered.
 
 Publishing sends every message of a batch with ``publish_async`` and waits for all the
 acknowledgements (``PubAck``); an error in any of them raises.
@@ -23,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tidings.brokers.port import (
     Delivery,
+    GroupCommit,
     Handler,
     Outcome,
     Settlement,
@@ -118,6 +130,14 @@ def durable_name(group: str, partition: int) -> str:
     return f"{group}-p{partition}"
 
 
+def lease_bucket(topology: Topology) -> str:
+    return f"{topology.name}_leases"
+
+
+def lease_key(group: str, partition: int) -> str:
+    return f"{group}.p{partition}"
+
+
 class NatsBroker:
     """The broker port on NATS JetStream (see the module docstring for the topology)."""
 
@@ -202,10 +222,20 @@ class NatsBroker:
                             ack_policy=api.AckPolicy.EXPLICIT,
                             deliver_policy=api.DeliverPolicy.ALL,
                             ack_wait=topology.redelivery_after,
-                            max_ack_pending=1,
+                            max_ack_pending=topology.prefetch,
                             max_waiting=512,
                         ),
                     )
+            try:
+                await self.js.key_value(lease_bucket(topology))
+            except nats.js.errors.BucketNotFoundError:
+                await self.js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=lease_bucket(topology),
+                        ttl=topology.redelivery_after,
+                        storage=api.StorageType.FILE,
+                    )
+                )
 
     async def _ensure_stream(self, name: str, subjects: list[str]) -> None:
         try:
@@ -227,6 +257,8 @@ class NatsBroker:
             for name in (self.topology.name, dead_letter_stream(self.topology)):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await self.js.delete_stream(name)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_key_value(lease_bucket(self.topology))
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -319,64 +351,145 @@ class NatsBroker:
 
 
 class _NatsConsumer:
+    """Serves the partitions whose lease it holds, a batch at a time (see the module docstring)."""
+
     def __init__(self, broker: NatsBroker, group: str, handler: Handler) -> None:
         self.broker = broker
         self.group = group
         self.handler = handler
-        self._subscriptions: list[Any] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.batches = GroupCommit(handler, broker.topology, group)
+        self.name = f"{broker.connection_name}-{uuid.uuid4().hex[:12]}".encode()
+        self._kv: Any = None
+        self._subscriptions: dict[int, Any] = {}
+        #: Partitions served: their task and the lease's last revision.
+        self._partitions: dict[int, tuple[asyncio.Task[None], int]] = {}
+        self._lease_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
         topology = self.broker.topology
+        self._kv = await self.broker.js.key_value(lease_bucket(topology))
         for partition in range(topology.partitions):
-            subscription = await self.broker.js.pull_subscribe_bind(
+            self._subscriptions[partition] = await self.broker.js.pull_subscribe_bind(
                 durable=durable_name(self.group, partition), stream=topology.name
             )
-            self._subscriptions.append(subscription)
-            self._tasks.append(asyncio.create_task(self._serve(partition, subscription)))
+        await self._take_free_partitions()
+        self._lease_task = asyncio.create_task(self._keep_leases())
 
-    async def _serve(self, partition: int, subscription: Any) -> None:
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._partitions)
+
+    async def _take_free_partitions(self) -> None:
+        for partition in range(self.broker.topology.partitions):
+            if partition in self._partitions or self._stopping:
+                continue
+            try:
+                revision = await self._kv.create(lease_key(self.group, partition), self.name)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another consumer holds it
+            task = asyncio.create_task(self._serve(partition))
+            self._partitions[partition] = (task, revision)
+
+    async def _keep_leases(self) -> None:
         topology = self.broker.topology
         while not self._stopping:
+            await asyncio.sleep(topology.redelivery_after / 3)
             try:
-                messages = await subscription.fetch(batch=1, timeout=FETCH_WAIT)
-            except nats.errors.TimeoutError:
-                continue
+                for partition, (task, revision) in list(self._partitions.items()):
+                    key = lease_key(self.group, partition)
+                    try:
+                        revision = await self._kv.update(key, self.name, last=revision)
+                    except nats.js.errors.KeyWrongLastSequenceError:
+                        log.warning("lost the lease on %s; stopping that partition", key)
+                        self._partitions.pop(partition)
+                        task.cancel()
+                        continue
+                    self._partitions[partition] = (task, revision)
+                await self._take_free_partitions()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease upkeep for group %s failed: %r", self.group, exc)
+
+    async def _serve(self, partition: int) -> None:
+        broker = self.broker
+        topology = broker.topology
+        durable = durable_name(self.group, partition)
+        subscription = self._subscriptions[partition]
+        try:
+            info = await broker.js.consumer_info(topology.name, durable)
+            if info.num_ack_pending:
+                # A predecessor died holding messages: wait until JetStream gives them back
+                # (after ack_wait), so they are fetched before anything newer.
+                await asyncio.sleep(topology.redelivery_after)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("consumer info for %s failed: %r", durable, exc)
+            await asyncio.sleep(topology.redelivery_after)
+        while not self._stopping:
+            try:
+                messages = await subscription.fetch(batch=topology.prefetch, timeout=FETCH_WAIT)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing came within FETCH_WAIT
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Reconnecting, or the server is briefly away: ask again shortly.
-                log.warning("fetch from %s failed: %r", durable_name(self.group, partition), exc)
+                log.warning("fetch from %s failed: %r", durable, exc)
                 await asyncio.sleep(FETCH_WAIT)
                 continue
-            for message in messages:
-                delivery = Delivery(
-                    body=message.data or b"",
-                    headers=normalize_headers(message.headers),
-                    partition=partition,
-                    attempt=message.metadata.num_delivered,
-                    broker_id=str(message.metadata.sequence.stream),
-                )
-                settlement = await run_handler(self.handler, delivery, topology, self.group)
-                try:
-                    if settlement.outcome is Outcome.RETRY:
-                        await message.nak(delay=retry_pause(delivery.attempt))
-                        continue
-                    if settlement.outcome is Outcome.DEAD_LETTER:
-                        await self.broker.dead_letter(settlement, delivery, self.group)
-                    await message.ack()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Not acked: JetStream redelivers after ack_wait; the inbox absorbs it.
-                    log.warning("could not settle a message of %s: %r", self.group, exc)
+            deliveries = [_delivery(message, partition) for message in messages]
+            if await self.batches.run(deliveries):
+                for message in messages:
+                    await self._settle(message.ack())
+                continue
+            for message, delivery in zip(messages, deliveries, strict=True):
+                await self._handle_one(message, delivery)
+
+    async def _handle_one(self, message: Any, delivery: Delivery) -> None:
+        topology = self.broker.topology
+        settlement = await run_handler(self.handler, delivery, topology, self.group)
+        while settlement.outcome is Outcome.RETRY:
+            # Retried in place while the rest of the fetched batch waits, so the stream keeps
+            # its order; in_progress() keeps JetStream from handing it to someone else.
+            await self._settle(message.in_progress())
+            await asyncio.sleep(retry_pause(delivery.attempt))
+            delivery = replace(delivery, attempt=delivery.attempt + 1)
+            settlement = await run_handler(self.handler, delivery, topology, self.group)
+        if settlement.outcome is Outcome.DEAD_LETTER:
+            try:
+                await self.broker.dead_letter(settlement, delivery, self.group)
+            except BrokerError as exc:
+                # Not acked: JetStream redelivers after ack_wait; the inbox absorbs it.
+                log.warning("could not dead-letter a message, leaving it unacked: %r", exc)
+                return
+        await self._settle(message.ack())
+
+    async def _settle(self, settling: Awaitable[None]) -> None:
+        try:
+            await settling
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not acked: JetStream redelivers after ack_wait; the inbox absorbs it.
+            log.warning("could not settle a message of %s: %r", self.group, exc)
 
     async def stop(self) -> None:
-        """Stop fetching; handlers in flight finish and are acked first."""
+        """Stop fetching; handlers in flight finish and are acked; the leases are given back."""
         self._stopping = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for subscription in self._subscriptions:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        await asyncio.gather(
+            *(task for task, _ in self._partitions.values()), return_exceptions=True
+        )
+        for partition, (_, revision) in self._partitions.items():
+            with contextlib.suppress(Exception):
+                await self._kv.delete(lease_key(self.group, partition), last=revision)
+        self._partitions.clear()
+        for subscription in self._subscriptions.values():
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         if self in self.broker._consumers:
@@ -384,5 +497,17 @@ class _NatsConsumer:
 
     def abandon(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        for task, _ in self._partitions.values():
             task.cancel()
+
+
+def _delivery(message: Any, partition: int) -> Delivery:
+    return Delivery(
+        body=message.data or b"",
+        headers=normalize_headers(message.headers),
+        partition=partition,
+        attempt=message.metadata.num_delivered,
+        broker_id=str(message.metadata.sequence.stream),
+    )

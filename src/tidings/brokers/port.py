@@ -26,6 +26,12 @@ Per-stream order with competing consumers: each message goes to partition
 ``partition_of(stream_id, partitions)``; within a group each partition is served by one consumer
 at a time, handling one message after another. Consumers of the same group compete for
 partitions, so adding consumers scales out while each stream stays in order.
+
+Batches: when the handler is a :class:`BatchHandler` (the inbox), an adapter hands it whatever
+it has fetched for a partition (up to ``prefetch``, never waiting for more), through the
+consumer's :class:`GroupCommit`, so the batches of several partitions that are ready at the
+same time share one transaction. The messages are acknowledged only after that commit. If a
+batch fails, its messages are handled one by one under the rules above.
 """
 
 from __future__ import annotations
@@ -244,10 +250,15 @@ def retry_pause(attempt: int) -> float:
 
 
 async def run_batch(
-    handler: Handler, deliveries: Sequence[Delivery], topology: Topology, group: str
+    handler: Handler,
+    deliveries: Sequence[Delivery],
+    topology: Topology,
+    group: str,
+    *,
+    minimum: int = 2,
 ) -> bool:
     """Try to handle consecutive deliveries as one batch; False means: handle them one by one."""
-    if len(deliveries) < 2 or not isinstance(handler, BatchHandler):
+    if len(deliveries) < minimum or not deliveries or not isinstance(handler, BatchHandler):
         return False
     if any(len(d.body) > topology.max_message_bytes for d in deliveries):
         return False
@@ -264,3 +275,83 @@ async def cancel_tasks(tasks: Sequence[asyncio.Task[object]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class GroupCommit:
+    """Handle the batches of all a consumer's partitions together, one transaction at a time.
+
+    Every partition of a consumer hands its next batch here (:meth:`run`). If no commit is in
+    progress it is handled at once (never waiting for more to arrive); batches handed in while
+    one is being committed wait for it and then go together, in one ``handle_batch`` call: one
+    commit for several partitions. So batches grow with load on their own, while an idle
+    consumer commits each message as soon as it arrives. Each partition still has at most one
+    batch in flight, so per-stream order is unchanged.
+
+    If the combined batch fails, each partition's batch is tried on its own; :meth:`run` returns
+    whether the caller's batch was committed (False: handle its messages one by one).
+    """
+
+    def __init__(self, handler: Handler, topology: Topology, group: str) -> None:
+        self.handler = handler
+        self.topology = topology
+        self.group = group
+        self._waiting: list[tuple[Sequence[Delivery], asyncio.Future[bool | None]]] = []
+        self._busy = False
+
+    async def run(self, deliveries: Sequence[Delivery]) -> bool:
+        if not isinstance(self.handler, BatchHandler):
+            return False
+        if self._busy:
+            turn: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+            entry = (deliveries, turn)
+            self._waiting.append(entry)
+            try:
+                result = await turn
+            except asyncio.CancelledError:
+                if entry in self._waiting:
+                    self._waiting.remove(entry)
+                elif turn.done() and not turn.cancelled() and turn.result() is None:
+                    self._hand_over()  # it was our turn to lead: pass it on
+                raise
+            if result is not None:
+                return result
+            # None: the previous round is over and this batch leads the next one.
+        else:
+            self._busy = True
+        try:
+            return await self._round(deliveries)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting:
+            _, turn = self._waiting.pop(0)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy = False
+
+    async def _round(self, own: Sequence[Delivery]) -> bool:
+        joined, self._waiting = self._waiting, []
+        try:
+            together = [*own, *(d for deliveries, _ in joined for d in deliveries)]
+            # Even a single message goes through handle_batch here, so that whatever arrives
+            # on other partitions meanwhile joins the next commit instead of waiting for it.
+            if await run_batch(self.handler, together, self.topology, self.group, minimum=1):
+                for _, turn in joined:
+                    _resolve(turn, True)
+                return True
+            if not joined:
+                return False
+            # Something in the combined batch failed: each partition's batch on its own.
+            for deliveries, turn in joined:
+                _resolve(turn, await run_batch(self.handler, deliveries, self.topology, self.group))
+            return await run_batch(self.handler, own, self.topology, self.group)
+        finally:
+            for _, turn in joined:
+                _resolve(turn, False)  # cancelled meanwhile: the others go one by one
+
+
+def _resolve(turn: asyncio.Future[bool | None], result: bool) -> None:
+    if not turn.done():
+        turn.set_result(result)

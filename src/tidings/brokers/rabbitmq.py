@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from tidings.brokers.port import (
     Delivery,
+    GroupCommit,
     Handler,
     Outcome,
     Settlement,
@@ -49,7 +50,6 @@ from tidings.brokers.port import (
     partition_key,
     partition_of,
     retry_pause,
-    run_batch,
     run_handler,
 )
 from tidings.brokers.wire import encode_headers, normalize_headers
@@ -382,6 +382,10 @@ class _PartitionSubscription:
                 return
             batch = [first]
             stopping = False
+            if self.buffer.empty():
+                # Deliveries read off the socket together reach the buffer one callback at a
+                # time: let those already received land (no waiting for more to arrive).
+                await asyncio.sleep(0)
             while len(batch) < topology.prefetch and not self.buffer.empty():
                 item = self.buffer.get_nowait()
                 if item is None:
@@ -389,7 +393,7 @@ class _PartitionSubscription:
                     break
                 batch.append(item)
             deliveries = [consumer.delivery_of(m, self.partition) for m in batch]
-            if await run_batch(consumer.handler, deliveries, topology, consumer.group):
+            if await consumer.batches.run(deliveries):
                 await self._settle(batch[-1], multiple=True)
             else:
                 for message in batch:
@@ -453,6 +457,7 @@ class _RabbitConsumer:
         self.broker = broker
         self.group = group
         self.handler = handler
+        self.batches = GroupCommit(handler, broker.topology, group)
         self.partitions = [
             _PartitionSubscription(self, partition)
             for partition in range(broker.topology.partitions)

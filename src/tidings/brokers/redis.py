@@ -13,6 +13,10 @@ Keys for a bus ``B`` (under ``key_prefix``, default ``tidings``):
   and handles them before anything new;
 * ``tidings:B:<G>:dead``: the group's dead letters.
 
+An entry has two fields: ``body`` (the payload, as is) and ``headers`` (every header in one JSON
+object; entries written by earlier versions, with one ``h:<name>`` field per header, are still
+read).
+
 A message is ``XACK``-ed only after its handler returns (consecutive entries read together go to
 a batch-capable handler, the inbox, at once: one commit, one ``XACK``). If the handler fails,
 the entry stays pending and the owner reads its own pending entries again
@@ -30,8 +34,11 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from tidings.brokers.port import (
     Delivery,
+    GroupCommit,
     Handler,
     Outcome,
     Settlement,
@@ -39,7 +46,6 @@ from tidings.brokers.port import (
     partition_key,
     partition_of,
     retry_pause,
-    run_batch,
     run_handler,
 )
 from tidings.brokers.wire import encode_headers, normalize_headers
@@ -67,7 +73,17 @@ log = logging.getLogger("tidings.brokers.redis")
 #: How long one XREADGROUP waits for new entries (ms) before looking at leases and stops again.
 READ_BLOCK_MS = 1000
 _BODY = b"body"
+#: All headers of an entry, as one JSON object (one field to parse instead of one per header).
+_HEADERS = b"headers"
+#: Earlier entries carry each header in a field of its own, ``h:<name>``; still read.
 _HEADER = b"h:"
+_encode_headers = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+def _fields(headers: Mapping[str, str], body: bytes) -> dict[Any, Any]:
+    return {_BODY: body, _HEADERS: _encode_headers(headers)}
+
 
 # Renew a lease only if we still hold it; returns 1 when renewed.
 _RENEW = """
@@ -218,9 +234,7 @@ class RedisBroker:
         with _driver_errors(f"publishing {len(messages)} message(s) to {topology.name!r}"):
             pipeline = self.client.pipeline(transaction=False)
             for message in messages:
-                fields: dict[Any, Any] = {_BODY: message.payload}
-                for name, value in encode_headers(message).items():
-                    fields[_HEADER + name.encode()] = value.encode()
+                fields = _fields(encode_headers(message), message.payload)
                 partition = partition_of(partition_key(message), topology.partitions)
                 pipeline.xadd(self.stream_key(partition), fields)
             results = await pipeline.execute(raise_on_error=False)
@@ -233,9 +247,7 @@ class RedisBroker:
                 )
 
     async def publish_raw(self, partition: int, headers: Mapping[str, str], body: bytes) -> None:
-        fields: dict[Any, Any] = {_BODY: body}
-        for name, value in headers.items():
-            fields[_HEADER + name.encode()] = value.encode()
+        fields = _fields(headers, body)
         key = self.stream_key(partition % self.topology.partitions)
         with _driver_errors(f"publishing a raw message to {key}"):
             await self.client.xadd(key, fields)
@@ -250,9 +262,7 @@ class RedisBroker:
         return consumer
 
     async def dead_letter(self, settlement: Settlement, delivery: Delivery, group: str) -> None:
-        fields: dict[Any, Any] = {_BODY: delivery.body}
-        for name, value in settlement.dead_letter_headers.items():
-            fields[_HEADER + name.encode()] = value.encode()
+        fields = _fields(settlement.dead_letter_headers, delivery.body)
         with _driver_errors(f"dead-lettering to {self.dead_letter_key(group)}"):
             await self.client.xadd(self.dead_letter_key(group), fields)
 
@@ -266,9 +276,21 @@ class RedisBroker:
 def _delivery(
     entry_id: bytes, fields: dict[bytes, bytes], partition: int, attempt: int
 ) -> Delivery:
-    headers = normalize_headers(
-        {name[len(_HEADER) :]: value for name, value in fields.items() if name.startswith(_HEADER)}
-    )
+    packed = fields.get(_HEADERS)
+    headers: dict[str, str]
+    if packed is not None:
+        try:
+            headers = _decode_headers(packed)
+        except msgspec.DecodeError:
+            headers = {}  # unreadable headers: the inbox rejects (dead-letters) the message
+    else:
+        headers = normalize_headers(
+            {
+                name[len(_HEADER) :]: value
+                for name, value in fields.items()
+                if name.startswith(_HEADER)
+            }
+        )
     return Delivery(
         body=fields.get(_BODY, b""),
         headers=headers,
@@ -283,6 +305,7 @@ class _RedisConsumer:
         self.broker = broker
         self.group = group
         self.handler = handler
+        self.batches = GroupCommit(handler, broker.topology, group)
         self.name = f"{broker.connection_name}-{uuid.uuid4().hex[:12]}"
         self._stopping = False
         self._lease_task: asyncio.Task[None] | None = None
@@ -323,6 +346,9 @@ class _RedisConsumer:
         key = broker.stream_key(partition)
         # Whatever a dead predecessor left unacknowledged comes first, in stream order.
         claim_from: str | bytes | None = "0-0"
+        # Our own pending entries are read again (before new ones) only when something may be
+        # left pending: at start, after a retry, after an error.
+        check_pending = True
         while not self._stopping:
             try:
                 if claim_from is not None:
@@ -330,10 +356,12 @@ class _RedisConsumer:
                         key, self.group, self.name, min_idle_time=0, start_id=claim_from, count=500
                     )
                     claim_from = None if reply[0] in (b"0-0", "0-0") else reply[0]
-                entries = await self._read(key, "0")  # our own pending entries first
+                entries = await self._read(key, "0") if check_pending else []
                 if not entries:
                     entries = await self._read(key, ">", block=READ_BLOCK_MS)
+                check_pending = True
                 if await self._handle_batch(partition, key, entries):
+                    check_pending = False
                     continue
                 for entry_id, fields in entries:
                     if self._stopping:
@@ -344,10 +372,13 @@ class _RedisConsumer:
                         failures = self._failures.get(f"{key}/{entry_id.decode()}", 1)
                         await asyncio.sleep(retry_pause(failures))
                         break
+                else:
+                    check_pending = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("reading %s for group %s failed: %r", key, self.group, exc)
+                check_pending = True
                 await asyncio.sleep(0.2)
 
     async def _read(
@@ -383,7 +414,7 @@ class _RedisConsumer:
             )
             for entry_id, fields in entries
         ]
-        if not await run_batch(self.handler, deliveries, self.broker.topology, self.group):
+        if not await self.batches.run(deliveries):
             return False
         await self.broker.client.xack(key, self.group, *(entry_id for entry_id, _ in entries))
         return True
