@@ -40,7 +40,7 @@ def reader(store: Store) -> Iterator[Engine]:
     """Polls without taking SQLite's write lock (tidings' engines begin IMMEDIATE)."""
     engine = reader_engine(store.engine)
     yield engine
-    if engine is not store.engine:
+    if engine.pool is not store.engine.pool:  # its own engine (SQLite), not a view of ours
         engine.dispose()
 
 

@@ -7,11 +7,18 @@ public events and publishes them, returning only once the broker *confirmed* eve
 then does the relay commit the subscriber's checkpoint, so an outbox row counts as delivered
 only after confirmation.
 
+The forwarder is a :class:`~tidings.outbox.subscribers.BatchHandler`: the relay hands it a whole
+batch of the partition (up to ``RelayConfig.batch_size`` rows), which it publishes in one call,
+every message's confirmation in flight at once, then waits for all of them. One confirmation
+round trip per batch rather than per event is what lets a relay keep up with a busy outbox.
+
 Failure behaviour follows from the relay:
 
 * broker down, or no confirmation: :class:`~tidings.errors.BrokerError` makes the relay retry
   the row under the subscriber's retry policy (backoff with jitter); the row stays in the log and
-  nothing is held in memory. Give the ``bus.<name>`` subscriber a patient policy;
+  nothing is held in memory. Give the ``bus.<name>`` subscriber a patient policy. A batch that
+  fails is published again event by event, so the policy (and the dead letters) apply to the
+  row that fails; rows of the batch that the broker had already confirmed go out a second time;
 * a crash after the broker confirmed but before the checkpoint committed: the row is published
   again. Translated events have deterministic ids (derived from the domain event id), so
   consumers' inboxes (and JetStream's duplicate window) drop the second copy;
@@ -52,7 +59,14 @@ class BusForwarder:
         self._lock = threading.Lock()
 
     def __call__(self, event: object, ctx: HandlerContext) -> None:
-        rows = self.translator.to_stored(ctx.envelope)
+        self._publish(self.translator.to_stored(ctx.envelope))
+
+    def handle_batch(self, contexts: Sequence[HandlerContext]) -> None:
+        """Publish a relay batch in one confirmed call (log order kept within the call)."""
+        to_stored = self.translator.to_stored
+        self._publish([row for ctx in contexts for row in to_stored(ctx.envelope)])
+
+    def _publish(self, rows: Sequence[StoredEvent]) -> None:
         if not rows:
             return  # a mapping may decline (return None) for some events
         self._ensure_started()

@@ -13,21 +13,25 @@ compare-and-set (``UPDATE ... WHERE tx = :old_tx AND position = :old_position``)
 Rows are handled in batches (one transaction per batch). When a handler raises, the batch is
 rolled back, the rows before the failing one are committed again as a shorter batch, and the
 failing one is retried alone under the subscriber's :class:`~tidings.outbox.retry.RetryPolicy`.
+
+A subscriber whose only handler is a :class:`~tidings.outbox.subscribers.BatchHandler` (the bus
+forwarder) gets the batch's events in one ``handle_batch`` call; when that call (or its commit)
+fails, the same batch is delivered again event by event, and the rules above apply.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Row, and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from tidings.core.envelope import system_clock
-from tidings.core.messages import METADATA_FIELDS, to_envelope
+from tidings.core.envelope import Envelope, system_clock
+from tidings.core.messages import METADATA_FIELDS
 from tidings.errors import CodecError, ConfigurationError, StoreError
 from tidings.outbox import tables
 from tidings.outbox.config import RelayConfig
@@ -41,12 +45,17 @@ from tidings.outbox.subscribers import (
     dead_letter_values,
     reader_engine,
 )
-from tidings.persistence.log import Checkpoint, after, read_after
+from tidings.persistence.log import Checkpoint, after, after_bound, visible
 
 logger = logging.getLogger("tidings.outbox")
 
 
 _EVENT_COLUMNS = (*METADATA_FIELDS, "headers", "payload")
+_READ_COLUMNS = ("position", "tx", *_EVENT_COLUMNS)
+# Where each column sits in a row read by Follower._read.
+_POSITION, _TX, _EVENT_ID, _TYPE, _VERSION, _STREAM_ID, _STREAM_VERSION = range(7)
+_OCCURRED_AT, _CORRELATION_ID, _CAUSATION_ID, _PRODUCER, _HEADERS, _PAYLOAD = range(7, 13)
+assert _READ_COLUMNS[_OCCURRED_AT] == "occurred_at" and _READ_COLUMNS[_PAYLOAD] == "payload"
 
 
 class LostPartition(StoreError):
@@ -65,10 +74,12 @@ class PendingRetry:
 
 
 class _HandlerFailed(Exception):
-    def __init__(self, index: int | None, cause: BaseException) -> None:
+    def __init__(self, index: int | None, cause: BaseException, *, batched: bool = False) -> None:
         super().__init__(str(cause))
         self.index = index
         self.cause = cause
+        #: The failure happened in a batch handler's call or in its transaction's commit.
+        self.batched = batched
 
 
 class Follower:
@@ -87,7 +98,38 @@ class Follower:
         # Only what delivery needs: a log may carry more (recorded_at, previous_version...),
         # and every column read is a value converted per row.
         log = config.log
-        self._columns = [log.c[name] for name in ("position", "tx", *_EVENT_COLUMNS)]
+        self._columns = [log.c[name] for name in _READ_COLUMNS]
+        # Built once, the checkpoint bound per read (as the event store's prebuilt reads): a
+        # statement built per poll costs its construction and its cache key each time, which
+        # on a relay woken per commit is a good part of the wake-to-handler time.
+        condition = after_bound(log)
+        fence = visible(log, self.dialect)
+        if fence is not None:
+            condition = and_(condition, fence)
+        self._read_statement = (
+            select(*self._columns)
+            .where(condition)
+            .order_by(log.c.tx, log.c.position)
+            .limit(config.batch_size)
+        )
+        cp = tables.checkpoints
+        self._advance_statement = (
+            update(cp)
+            .where(
+                and_(
+                    cp.c.log == log.name,
+                    cp.c.subscriber == bindparam("cp_subscriber"),
+                    cp.c.partition == bindparam("cp_partition"),
+                    cp.c.tx == bindparam("from_tx"),
+                    cp.c.position == bindparam("from_position"),
+                )
+            )
+            .values(
+                tx=bindparam("to_tx", type_=cp.c.tx.type),
+                position=bindparam("to_position", type_=cp.c.position.type),
+                updated_at=bindparam("cp_updated_at", type_=cp.c.updated_at.type),
+            )
+        )
         self.invoke = Invoker()
         self.pending: dict[tuple[str, int], PendingRetry] = {}
         #: Checkpoints as last committed by this follower: while it holds a partition, only it
@@ -129,26 +171,55 @@ class Follower:
             found = conn.execute(select(log.c.position).where(after(log, start)).limit(1))
             return found.first() is not None
 
-    def _read(self, start: Checkpoint) -> list[Mapping[Any, Any]]:
-        statement = read_after(
-            self.config.log, start, self.dialect, limit=self.config.batch_size
-        ).with_only_columns(*self._columns)
+    def _read(self, start: Checkpoint) -> Sequence[Row[Any]]:
         with self.reader.connect() as conn:
-            return list(conn.execute(statement).mappings().all())
+            # Plain rows, read by position (the order of ``_columns``): a mapping per row costs
+            # a lookup per column per event.
+            return conn.execute(
+                self._read_statement, {"after_tx": start.tx, "after_position": start.position}
+            ).all()
 
-    def _item(self, row: Mapping[Any, Any]) -> Item:
-        checkpoint = Checkpoint(int(row["tx"]), int(row["position"]))
+    def _item(self, row: Row[Any]) -> Item:
+        """Decode one row straight into an envelope (the StoredEvent is built only if needed)."""
+        checkpoint = Checkpoint(int(row[_TX]), int(row[_POSITION]))
+        codec = self.config.codec
         try:
-            stored = tables.stored_from_row(row)
+            event_type = str(row[_TYPE])
+            version = int(row[_VERSION])
+            event_id = tables.as_uuid(row[_EVENT_ID])
+            occurred_at = tables.as_utc(row[_OCCURRED_AT])
+            correlation_id = tables.as_uuid(row[_CORRELATION_ID])
+            causation = row[_CAUSATION_ID]
+            causation_id = tables.as_uuid(causation) if causation is not None else None
+            headers = tables.headers_of(row[_HEADERS])
+            if occurred_at is None:
+                raise TypeError("occurred_at is missing")
         except (ValueError, TypeError) as exc:
             # The metadata itself is broken: nothing can be dead-lettered faithfully.
             raise StoreError(
                 f"row {checkpoint} of {self.config.log.name!r} has unreadable metadata: {exc}"
             ) from exc
+        payload = row[_PAYLOAD]
         try:
-            return Item(checkpoint, stored, to_envelope(stored, self.config.codec), None)
+            event = codec.decode(event_type, version, payload)
+            spec = codec.registry.spec(event_type)
         except CodecError as exc:
-            return Item(checkpoint, stored, None, exc)
+            return Item(checkpoint, row._mapping, None, exc)
+        # What tidings.core.messages.to_envelope builds from a StoredEvent, from the row.
+        envelope = Envelope(
+            event=event,
+            event_id=event_id,
+            event_type=spec.name,
+            event_version=spec.version,
+            occurred_at=occurred_at,
+            stream_id=row[_STREAM_ID],
+            stream_version=row[_STREAM_VERSION],
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            producer=row[_PRODUCER],
+            headers=headers,
+        )
+        return Item(checkpoint, row._mapping, envelope, None)
 
     def _wants_type(self, subscriber: Subscriber, type_name: str) -> bool:
         """Whether ``subscriber`` handles the stored type (unknown types: yes, to dead-letter)."""
@@ -160,11 +231,6 @@ class Follower:
             cls = self.config.codec.registry.spec(type_name).cls
             wanted = self._type_interest[key] = bool(subscriber.handlers_for(cls))
         return wanted
-
-    def relevant(self, subscriber: Subscriber, item: Item) -> bool:
-        if item.envelope is None:
-            return True  # undecodable: it may have been meant for anyone; dead-letter it
-        return bool(subscriber.handlers_for(type(item.envelope.event)))
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -197,26 +263,43 @@ class Follower:
         for index, row in enumerate(rows):
             # Partition and interest are decided on the raw columns: rows for other partitions
             # or of types this subscriber ignores are never decoded.
-            if partitions > 1 and _partition(row["stream_id"], row["event_id"], partitions) != (
+            if partitions > 1 and _partition(row[_STREAM_ID], row[_EVENT_ID], partitions) != (
                 partition
             ):
                 continue
-            if not self._wants_type(subscriber, row["event_type"]):
+            if not self._wants_type(subscriber, row[_TYPE]):
                 continue
-            item = self._item(row)
-            if self.relevant(subscriber, item):
-                work.append((index, item))
-        last = Checkpoint(int(rows[-1]["tx"]), int(rows[-1]["position"]))
+            # Wanted by type name means wanted: a decoded event is of its name's class (and an
+            # undecodable row is dead-lettered), so no second lookup by class.
+            work.append((index, self._item(row)))
+        last = Checkpoint(int(rows[-1][_TX]), int(rows[-1][_POSITION]))
         if retry is not None:
-            if not work or work[0][1].stored.event_id != retry.event_id:
+            if not work or work[0][1].event_id != retry.event_id:
                 # Someone else delivered it meanwhile (our lease lapsed): forget the retry.
                 del self.pending[key]
             else:
                 index, item = work[0]
                 self._deliver_alone(subscriber, partition, start, item, retry)
                 return index + 1
+        items = [item for _, item in work]
         try:
-            self._run(subscriber, partition, start, last, [item for _, item in work], attempt=1)
+            try:
+                self._run(
+                    subscriber,
+                    partition,
+                    start,
+                    last,
+                    items,
+                    attempt=1,
+                    batched=subscriber.batch is not None and len(items) > 1,
+                )
+            except _HandlerFailed as failed:
+                if not failed.batched:
+                    raise
+                # A batch call does not say which event failed: deliver the same batch event by
+                # event, so the retry policy and the dead letters apply to that event alone.
+                # Events the batch call already handled are handled again (at least once).
+                self._run(subscriber, partition, start, last, items, attempt=1)
             return len(rows)
         except _HandlerFailed as failed:
             failing = failed.index if failed.index is not None else 0
@@ -224,7 +307,7 @@ class Follower:
                 raise failed.cause from None
             if failing > 0:
                 row_before = work[failing][0] - 1
-                before = Checkpoint(int(rows[row_before]["tx"]), int(rows[row_before]["position"]))
+                before = Checkpoint(int(rows[row_before][_TX]), int(rows[row_before][_POSITION]))
                 prefix = [item for _, item in work[:failing]]
                 try:
                     self._run(subscriber, partition, start, before, prefix, attempt=1)
@@ -249,8 +332,14 @@ class Follower:
         items: Sequence[Item],
         *,
         attempt: int,
+        batched: bool = False,
     ) -> None:
-        """One transaction: handle ``items``, move the checkpoint from ``start`` to ``end``."""
+        """One transaction: handle ``items``, move the checkpoint from ``start`` to ``end``.
+
+        ``batched``: hand the decodable items to the subscriber's batch handler in one call
+        instead of invoking its handlers per item.
+        """
+        batch: list[Envelope[Any]] | None = [] if batched else None
         uow = self.config.unit_of_work()
         with uow:
             parked = (
@@ -259,7 +348,7 @@ class Follower:
                 else {}
             )
             for index, item in enumerate(items):
-                stream = item.stored.stream_id
+                stream = item.stream_id
                 if stream is not None and stream in parked:
                     self._hold(uow.session, subscriber, item, parked[stream])
                 elif item.envelope is None:
@@ -274,18 +363,26 @@ class Follower:
                     )
                     if stream is not None and subscriber.policy.on_failure is OnFailure.PARK:
                         parked[stream] = letter
+                elif batch is not None:
+                    batch.append(item.envelope)
                 else:
                     try:
                         self.invoke(subscriber, item.envelope, uow, attempt)
                     except Exception as exc:
                         raise _HandlerFailed(index, exc) from exc
+            if batch:
+                assert subscriber.batch is not None
+                try:
+                    self.invoke.batch(subscriber, subscriber.batch, batch, uow, attempt)
+                except Exception as exc:
+                    raise _HandlerFailed(None, exc, batched=True) from exc
             self._advance(uow.session, subscriber.name, partition, start, end)
             try:
                 uow.commit()
             except LostPartition:
                 raise
             except Exception as exc:
-                raise _HandlerFailed(None, exc) from exc
+                raise _HandlerFailed(None, exc, batched=batched) from exc
         self.positions[(subscriber.name, partition)] = end
 
     def _deliver_alone(
@@ -332,7 +429,7 @@ class Follower:
             attempt += 1
             if delay > 0:
                 self.pending[key] = PendingRetry(
-                    event_id=item.stored.event_id,
+                    event_id=item.event_id,
                     next_attempt=attempt,
                     due=self.clock() + delay,
                     first_failure=failures[0].at,
@@ -378,19 +475,17 @@ class Follower:
     def _advance(
         self, session: Session, subscriber: str, partition: int, start: Checkpoint, end: Checkpoint
     ) -> None:
-        cp = tables.checkpoints
         result = session.execute(
-            update(cp)
-            .where(
-                and_(
-                    cp.c.log == self.config.log.name,
-                    cp.c.subscriber == subscriber,
-                    cp.c.partition == partition,
-                    cp.c.tx == start.tx,
-                    cp.c.position == start.position,
-                )
-            )
-            .values(tx=end.tx, position=end.position, updated_at=system_clock())
+            self._advance_statement,
+            {
+                "cp_subscriber": subscriber,
+                "cp_partition": partition,
+                "from_tx": start.tx,
+                "from_position": start.position,
+                "to_tx": end.tx,
+                "to_position": end.position,
+                "cp_updated_at": system_clock(),
+            },
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LostPartition(
@@ -475,5 +570,5 @@ class Follower:
 
     def close(self) -> None:
         self.invoke.close()
-        if self.reader is not self.config.engine:
+        if self.reader.pool is not self.config.engine.pool:  # our own engine, not a view
             self.reader.dispose()

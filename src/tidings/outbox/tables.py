@@ -221,3 +221,13 @@ def row_from_stored(stored: StoredEvent) -> dict[str, Any]:
 def as_utc(value: Any) -> datetime | None:
     """A datetime column value in UTC (SQLite returns naive datetimes), or None."""
     return None if value is None else _utc(value)
+
+
+def as_uuid(value: Any) -> UUID:
+    """A UUID column value as a UUID (drivers without a native type return text)."""
+    return _uuid(value)
+
+
+def headers_of(value: Any) -> dict[str, str]:
+    """The headers column's value (JSON text, a mapping, or empty) as a dict."""
+    return _headers(value)
