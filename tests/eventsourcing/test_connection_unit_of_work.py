@@ -222,3 +222,17 @@ def test_a_sessionmaker_with_several_binds_still_commits_and_loads(tables: Engin
         uow.commit()
     assert EventStore(tables).current_version(f"ContractAccount-{account_id}") == 2
     assert notes(tables) == ["multi-bind"]
+
+
+def test_a_direct_insert_missing_a_python_side_default_is_refused(tables: Engine) -> None:
+    defaulted = Table(
+        "uow_connection_defaulted",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("label", String(20), nullable=True, default="from python"),
+    )
+    defaulted.create(tables)
+    with pytest.raises(ValueError, match="label"), tables.begin() as conn:
+        execute_direct(conn, insert(defaulted), {"id": 1}, fetch=False)
+    with tables.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(defaulted)).scalar_one() == 0

@@ -122,12 +122,58 @@ def test_each_commit_notifies_listeners_on_postgres(pg_engine: Engine) -> None:
         pg_engine,
         participants=[EventStoreParticipant(), LogNotifier(pg_engine, default_schema.events)],
     )
-    for n in range(3):
+    channel = notify_channel(default_schema.events)
+    try:
+        for n in range(3):
+            with uow:
+                uow.track(Bell.blank(f"b-{n}")).record(Rang(n))
+                uow.commit()
+            # Sent after the commit by the notifier thread: each commit is announced.
+            received = [note.channel for note in listener.notifies(timeout=5.0, stop_after=1)]
+            assert received == [channel]
+        with uow:  # a rolled-back transaction notifies nobody
+            uow.track(Bell.blank("b-x")).record(Rang(99))
+        assert list(listener.notifies(timeout=0.5)) == []
+    finally:
+        listener.close()
+
+
+def test_the_outbox_notifies_after_commit_and_survives_a_lost_connection(
+    pg_engine: Engine,
+) -> None:
+    import psycopg
+
+    from tidings.outbox import OutboxParticipant, notify_channel
+    from tidings.outbox import tables as outbox_tables
+    from tidings.testing.services import POSTGRES_URL
+
+    create_outbox_tables(pg_engine)
+    handlers = Handlers()
+    handlers.add(Rang, lambda event: None, when=_after_commit(), name="lognotifier.sink")
+    participant = OutboxParticipant.for_engine(pg_engine, handlers)
+    uow = SqlUnitOfWork(pg_engine, handlers, participants=[participant])
+    dsn = POSTGRES_URL.replace("postgresql+psycopg", "postgresql")
+    listener = psycopg.connect(dsn, autocommit=True)
+    admin = psycopg.connect(dsn, autocommit=True)
+    channel = notify_channel(outbox_tables.outbox)
+    listener.execute(f'LISTEN "{channel}"')
+
+    def commit_one(n: int) -> list[str]:
         with uow:
-            uow.track(Bell.blank(f"b-{n}")).record(Rang(n))
+            uow.track(Bell.blank(f"o-{n}")).record(Rang(n))
             uow.commit()
-    with uow:  # a rolled-back transaction notifies nobody
-        uow.track(Bell.blank("b-x")).record(Rang(99))
-    received = [note.channel for note in listener.notifies(timeout=2.0, stop_after=4)]
-    listener.close()
-    assert received == [notify_channel(default_schema.events)] * 3
+        return [note.channel for note in listener.notifies(timeout=5.0, stop_after=1)]
+
+    try:
+        assert commit_one(0) == [channel]
+        # Cut the notifier's own connection: the next NOTIFY fails (it is logged, the writer
+        # never sees it), and the one after goes out on a new connection.
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'SELECT pg_notify%%' AND pid <> pg_backend_pid()"
+        )
+        received = commit_one(1) + commit_one(2)
+        assert channel in received
+    finally:
+        listener.close()
+        admin.close()

@@ -7,17 +7,24 @@ transaction: if the transaction rolls back, no row exists; if it commits, every 
 
 Waking the relay without waiting for its next poll:
 
-* PostgreSQL: the same transaction runs ``pg_notify(channel)``; PostgreSQL delivers the
-  notification only if, and when, the transaction commits. Relays ``LISTEN`` on the channel.
-  (Notifying transactions take a short cluster-wide lock while they commit; an application
-  committing thousands of transactions per second may prefer ``notify=False`` and polling.)
+* PostgreSQL: relays ``LISTEN`` on the log's channel. Given the engine
+  (:meth:`OutboxParticipant.for_engine`, :class:`LogNotifier`), the ``NOTIFY`` is sent *after*
+  the commit, by a :class:`PostCommitNotifier` thread with a connection of its own, several
+  commits folded into one notification. Not in the writing transaction: a notifying
+  transaction takes a cluster-wide lock while it commits, which serializes concurrent writers,
+  and costs them a round trip. A writer that dies between its commit and the notification only
+  delays delivery until the relay's next poll; nothing is lost. Without an engine
+  (``notify=True``), the transaction itself runs ``pg_notify`` (delivered on commit).
 * Same process (any store): after a successful commit the unit of work calls
   :meth:`OutboxParticipant.after_commit`, which rings the :class:`Doorbell` a local relay waits on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,7 +40,10 @@ from tidings.core.envelope import Envelope, system_clock
 from tidings.core.messages import to_stored
 from tidings.errors import TidingsError
 from tidings.outbox import tables
+from tidings.persistence.direct import Direct
 from tidings.persistence.sql import Params
+
+logger = logging.getLogger("tidings.outbox")
 
 
 class Doorbell:
@@ -62,6 +72,102 @@ def notify_channel(log: Table) -> str:
     return f"tidings_{log.name}"[:63]
 
 
+class PostCommitNotifier:
+    """Sends ``NOTIFY`` on PostgreSQL for writes that already committed, from a background
+    thread on a connection of its own (see the module docstring for why).
+
+    :meth:`notify` only records the channel and wakes the thread, so a writer never waits for
+    it; channels requested while a notification is being sent go out together next. The
+    connection is opened on first use, reopened after an error (the relay's polling covers a
+    lost notification), and closed when idle. One notifier per engine.
+    """
+
+    _by_engine: weakref.WeakKeyDictionary[Engine, PostCommitNotifier] = weakref.WeakKeyDictionary()
+    _registry_lock = threading.Lock()
+
+    #: Seconds without a request after which the connection is closed and the thread ends.
+    idle_seconds = 30.0
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> PostCommitNotifier:
+        with cls._registry_lock:
+            found = cls._by_engine.get(engine)
+            if found is None:
+                found = cls._by_engine[engine] = cls(engine)
+            return found
+
+    def notify(self, channel: str) -> None:
+        with self._lock:
+            self._pending.add(channel)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tidings-notify", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _take(self) -> set[str]:
+        with self._lock:
+            channels, self._pending = self._pending, set()
+            return channels
+
+    def _run(self) -> None:
+        raw: Any = None
+        failing = False
+        try:
+            while True:
+                if not self._wake.wait(self.idle_seconds):
+                    with self._lock:
+                        if not self._pending:
+                            self._thread = None  # the next notify() starts a new one
+                            return
+                self._wake.clear()
+                channels = self._take()
+                if not channels:
+                    continue
+                try:
+                    if raw is None:
+                        pooled = self.engine.raw_connection()
+                        raw = pooled.driver_connection
+                        # Detached: this thread keeps it and closes it; it leaves the pool's
+                        # count, so the application's pool keeps all its connections.
+                        pooled.detach()
+                    cursor = raw.cursor()
+                    try:
+                        for channel in sorted(channels):
+                            cursor.execute(
+                                "SELECT pg_notify(%(channel)s, '')", {"channel": channel}
+                            )
+                    finally:
+                        cursor.close()
+                    # Delivered when this (tiny) transaction commits.
+                    raw.commit()
+                    failing = False
+                except Exception:
+                    # Once per outage, not per commit: a writer must not drown in its logs.
+                    if not failing:
+                        logger.warning(
+                            "NOTIFY after commit failed; relays poll until it works again",
+                            exc_info=True,
+                        )
+                    failing = True
+                    if raw is not None:
+                        with contextlib.suppress(Exception):
+                            raw.close()
+                    raw = None
+        finally:
+            if raw is not None:
+                with contextlib.suppress(Exception):
+                    raw.close()
+
+
 def notify_statement(log: Table) -> Executable:
     """``pg_notify`` on ``log``'s channel: run it in the writing transaction, and PostgreSQL
     delivers the notification if, and when, that transaction commits."""
@@ -78,20 +184,24 @@ class OutboxParticipant:
         table: Table = tables.outbox,
         codec: Codec | None = None,
         to_bus: Callable[[Envelope[Any]], bool] | None = None,
-        notify: bool = False,
+        notify: bool | PostCommitNotifier = False,
         doorbell: Doorbell | None = None,
     ) -> None:
         self.handlers = handlers
         self.table = table
         self.codec = codec or default_codec
         self.to_bus = to_bus
+        #: True: NOTIFY inside the transaction; a notifier: NOTIFY after commit.
         self.notify = notify
         self.doorbell = doorbell
+        # Built once: the direct shell caches its compiled form by statement.
+        self._insert = insert(table)
 
     @classmethod
     def for_engine(cls, engine: Engine, handlers: Handlers, **kwargs: Any) -> OutboxParticipant:
-        """A participant that uses NOTIFY when ``engine`` is PostgreSQL."""
-        kwargs.setdefault("notify", engine.dialect.name == "postgresql")
+        """A participant that sends NOTIFY after commit when ``engine`` is PostgreSQL."""
+        if engine.dialect.name == "postgresql":
+            kwargs.setdefault("notify", PostCommitNotifier.for_engine(engine))
         return cls(handlers, **kwargs)
 
     def wanted(self, envelope: Envelope[Any]) -> bool:
@@ -99,7 +209,7 @@ class OutboxParticipant:
             return True
         return self.to_bus is not None and self.to_bus(envelope)
 
-    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
+    def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable | Direct, Params]]:
         # Any log table may be written (tests, or a log of your own); only the outbox keeps
         # ``recorded_at`` for retention.
         recorded_at = system_clock() if "recorded_at" in self.table.c else None
@@ -112,8 +222,10 @@ class OutboxParticipant:
                 rows.append(row)
         if not rows:
             return []
-        statements: list[tuple[Executable, Params]] = [(insert(self.table), rows)]
-        if self.notify:
+        # Every column is given (none relies on a Python-side default): the driver's cursor
+        # can run it.
+        statements: list[tuple[Executable | Direct, Params]] = [(Direct(self._insert), rows)]
+        if self.notify is True:
             statements.append((notify_statement(self.table), None))
         return statements
 
@@ -123,6 +235,10 @@ class OutboxParticipant:
     def after_commit(self, batch: CommitBatch) -> None:
         if self.doorbell is not None:
             self.doorbell.ring()
+        if isinstance(self.notify, PostCommitNotifier) and any(
+            self.wanted(envelope) for envelope in batch.envelopes
+        ):
+            self.notify.notify(notify_channel(self.table))
 
 
 class LogNotifier:
@@ -133,18 +249,21 @@ class LogNotifier:
     """
 
     def __init__(self, engine: Engine, log: Table, doorbell: Doorbell | None = None) -> None:
-        self.notify = engine.dialect.name == "postgresql"
+        self.notifier = (
+            PostCommitNotifier.for_engine(engine) if engine.dialect.name == "postgresql" else None
+        )
         self.log = log
         self.doorbell = doorbell
 
     def statements(self, batch: CommitBatch) -> Iterable[tuple[Executable, Params]]:
-        if self.notify and batch.envelopes:
-            return [(notify_statement(self.log), None)]
         return []
 
     def translate(self, error: DBAPIError) -> TidingsError | None:
         return None
 
     def after_commit(self, batch: CommitBatch) -> None:
-        if self.doorbell is not None and batch.envelopes:
-            self.doorbell.ring()
+        if batch.envelopes:
+            if self.doorbell is not None:
+                self.doorbell.ring()
+            if self.notifier is not None:
+                self.notifier.notify(notify_channel(self.log))

@@ -63,27 +63,51 @@ def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...
         return found
     # column_keys: an INSERT lists exactly the columns given (the others take their server
     # defaults), as Connection.execute would compile it for these parameters.
+    # for_executemany: no implicit RETURNING of the new primary key, which nobody reads here.
     compiled = statement.compile(  # type: ignore[attr-defined]
-        dialect=dialect, column_keys=list(keys) if keys else None
+        dialect=dialect, column_keys=list(keys) if keys else None, for_executemany=True
     )
+    # bind_names: each parameter as rendered (anonymous ones get their final names there).
+    names: dict[Any, str] = compiled.bind_names
+    embedded = {
+        name
+        for bind, name in names.items()
+        if name not in keys and (bind.value is not None or bind.callable is not None)
+    }
+    missing = sorted(set(names.values()) - set(keys) - embedded)
+    if missing:
+        # Connection.execute would fill these from Python-side column defaults; this shell
+        # does not, so such a statement needs every value given.
+        raise ValueError(
+            f"direct statement needs values for {missing} (Python-side column defaults are "
+            f"not applied on the driver cursor): {compiled.string}"
+        )
     processors: dict[str, Processor] = {}
-    for name, bind in compiled.binds.items():
+    for bind, name in names.items():
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
             processors[name] = processor
     order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+    # Values bound in the statement itself go through their processors once, here.
+    params = compiled.params
+    defaults = {
+        name: processors[name](params[name]) if name in processors else params[name]
+        for name in embedded
+    }
     found = _compiled[cache_key] = _Compiled(
-        statement, compiled.string, order, dict(compiled.params), processors
+        statement, compiled.string, order, defaults, processors
     )
     return found
 
 
 def _bound(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
-    values = {**compiled.defaults, **params} if compiled.defaults else dict(params)
+    values = dict(params)
     for name, processor in compiled.processors.items():
         value = values.get(name)
         if value is not None:
             values[name] = processor(value)
+    if compiled.defaults:
+        values.update(compiled.defaults)
     if compiled.order is not None:
         return tuple(values[name] for name in compiled.order)
     return values
