@@ -168,6 +168,18 @@ class PostCommitNotifier:
                     raw.close()
 
 
+_inserts: weakref.WeakKeyDictionary[Table, Executable] = weakref.WeakKeyDictionary()
+
+
+def _insert_into(table: Table) -> Executable:
+    """One INSERT statement per table, shared by every participant: the direct shell caches
+    its compiled form by statement, and participants are often made per unit of work."""
+    found = _inserts.get(table)
+    if found is None:
+        found = _inserts[table] = insert(table)
+    return found
+
+
 def notify_statement(log: Table) -> Executable:
     """``pg_notify`` on ``log``'s channel: run it in the writing transaction, and PostgreSQL
     delivers the notification if, and when, that transaction commits."""
@@ -194,8 +206,7 @@ class OutboxParticipant:
         #: True: NOTIFY inside the transaction; a notifier: NOTIFY after commit.
         self.notify = notify
         self.doorbell = doorbell
-        # Built once: the direct shell caches its compiled form by statement.
-        self._insert = insert(table)
+        self._insert = _insert_into(table)
 
     @classmethod
     def for_engine(cls, engine: Engine, handlers: Handlers, **kwargs: Any) -> OutboxParticipant:

@@ -53,6 +53,9 @@ class _Compiled:
 
 
 _compiled: dict[tuple[int, str, tuple[str, ...]], _Compiled] = {}
+#: Entries kept at most: the cache is meant for a handful of long-lived statements; statements
+#: built per call would only churn it (and keep their objects alive), so past this it restarts.
+_MAX_COMPILED = 512
 
 
 def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...]) -> _Compiled:
@@ -94,6 +97,8 @@ def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...
         name: processors[name](params[name]) if name in processors else params[name]
         for name in embedded
     }
+    if len(_compiled) >= _MAX_COMPILED:
+        _compiled.clear()
     found = _compiled[cache_key] = _Compiled(
         statement, compiled.string, order, defaults, processors
     )
