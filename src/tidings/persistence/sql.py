@@ -126,19 +126,14 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
 
     @property
     def connection(self) -> Connection:
-        """This unit of work's connection, in its transaction (begun on first use)."""
+        """This unit of work's connection. Its transaction begins with the first statement
+        (not here: on SQLite that takes the write lock, which should be held briefly)."""
         self._require_active()
         if self._connection is None:
             if self._engine is None:
                 self._connection = self.session.connection()
             else:
-                connection = self._engine.connect()
-                try:
-                    connection.begin()
-                except BaseException:
-                    connection.close()
-                    raise
-                self._connection = connection
+                self._connection = self._engine.connect()
         return self._connection
 
     def connection_for(self, table: Table) -> Connection:
