@@ -5,10 +5,12 @@ connection to it, so tests can run several competing consumers, kill one (``seve
 watch its unacknowledged message go to another, exactly as with a real broker.
 
 Ordering: each consumer group has one queue per partition. A partition is owned by one consumer
-at a time (the first to ask; ownership passes on when that consumer stops or its connection is
-severed) and its messages are handled one after another. A message stays at the head of its
-partition until it is acknowledged, so a crash or a handler failure redelivers it before
-anything behind it.
+at a time and its messages are handled one after another. The consumers of a group share the
+partitions fairly (:func:`~tidings.brokers.port.fair_share`, ranked by arrival): when one joins,
+the others give up their extra partitions as soon as the message in hand is done; when one
+stops or its connection is severed, the others take its partitions over at once. A message
+stays at the head of its partition until it is acknowledged, so a crash, a handler failure or
+a handover redelivers it before anything behind it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tidings.brokers.port import (
     Outcome,
     Topology,
     cancel_tasks,
+    fair_share,
     partition_key,
     partition_of,
     retry_pause,
@@ -109,6 +112,12 @@ class MemoryBrokerServer:
         self._buses.pop(bus, None)
 
 
+def _rebalance(group: _Group) -> None:
+    """Share the group's partitions among its consumers again (one joined, left or gave up)."""
+    for consumer in list(group.consumers):
+        consumer.rebalance()
+
+
 def _new_group(topology: Topology) -> _Group:
     return _Group([_Partition() for _ in range(topology.partitions)])
 
@@ -123,23 +132,45 @@ class _MemoryConsumer:
         self._handler = handler
         self._batches = GroupCommit(handler, broker.topology, group_name)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: Partitions beyond our share, handed over once the message in hand is done.
+        self._releasing: set[int] = set()
         self._stopping = False
 
     def start(self) -> None:
         self._group.consumers.append(self)
-        self.claim_free_partitions()
+        _rebalance(self._group)
 
-    def claim_free_partitions(self) -> None:
+    def rebalance(self) -> None:
+        """Take free partitions up to our share; give up (gracefully) what is beyond it."""
         if self._stopping:
             return
-        for index, partition in enumerate(self._group.partitions):
+        partitions = self._group.partitions
+        share = fair_share(
+            len(partitions), len(self._group.consumers), self._group.consumers.index(self)
+        )
+        serving = sorted(set(self._tasks) - self._releasing)
+        if len(serving) > share:
+            for index in serving[share:]:
+                # Its task lets the message in hand finish, then gives the partition up.
+                self._releasing.add(index)
+                partitions[index].changed.set()
+            return
+        for index, partition in enumerate(partitions):
+            if len(serving) >= share:
+                return
             if partition.owner is None:
                 partition.owner = self
                 self._tasks[index] = asyncio.create_task(self._serve(index, partition))
+                serving.append(index)
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this consumer serves (not counting those it is giving up)."""
+        return sorted(set(self._tasks) - self._releasing)
 
     async def _serve(self, index: int, partition: _Partition) -> None:
         topology = self._broker.topology
-        while not self._stopping:
+        while not self._stopping and index not in self._releasing:
             if not partition.queue:
                 partition.changed.clear()
                 await partition.changed.wait()
@@ -184,6 +215,14 @@ class _MemoryConsumer:
             if partition.queue and partition.queue[0] is message:
                 partition.queue.popleft()
 
+        if index in self._releasing and not self._stopping:
+            # Given up for a fairer share: whatever was not acked stays at the head of the
+            # partition for its next owner.
+            self._releasing.discard(index)
+            del self._tasks[index]
+            partition.owner = None
+            _rebalance(self._group)
+
     async def _release(self, graceful: bool) -> None:
         self._stopping = True
         if graceful:
@@ -197,10 +236,10 @@ class _MemoryConsumer:
             if partition.owner is self:
                 partition.owner = None
                 partition.changed.set()
+        self._releasing.clear()
         if self in self._group.consumers:
             self._group.consumers.remove(self)
-        for other in list(self._group.consumers):
-            other.claim_free_partitions()
+        _rebalance(self._group)
 
     async def stop(self) -> None:
         await self._release(graceful=True)

@@ -9,12 +9,18 @@ Topology declared for a bus ``B`` with groups ``G``:
 * per group and partition: a durable pull consumer ``G-p<i>`` filtered on ``B.p.<i>`` with
   explicit acks, ``ack_wait = redelivery_after`` and ``max_ack_pending = prefetch``;
 * a key-value bucket ``B_leases`` (entries live ``redelivery_after``) saying which consumer of
-  group ``G`` owns partition ``i`` (key ``G.p<i>``). A consumer takes free partitions with a
-  create-if-absent and renews its leases every third of ``redelivery_after`` (a
-  compare-and-set on the revision); only the owner pulls from a partition, so competing
-  consumers never overtake each other within it. When an owner dies its lease expires; the
-  next owner first waits ``ack_wait`` if messages are still unacknowledged, so JetStream hands
-  them back before anything newer;
+  group ``G`` owns partition ``i`` (key ``G.p<i>``), and which consumers of ``G`` are alive
+  (one key ``G.m.<random id>`` per consumer). Every ``rebalance_interval`` (a third of
+  ``redelivery_after``) a consumer renews its member key and its leases (a compare-and-set on
+  the revision), lists the member keys and computes its :func:`~tidings.brokers.port.fair_share`
+  from their number and its rank among them. Below its share it takes free partitions (a
+  create-if-absent); above it, it stops fetching from the extra ones, lets the batch in hand
+  finish and be acked, and only then deletes their leases (compare-and-set) so that another
+  member takes them. Only the owner pulls from a partition, so competing consumers never
+  overtake each other within it. When a consumer dies its member key and leases expire; the
+  others see one member fewer and take its partitions over. A new owner first waits
+  ``ack_wait`` if messages are still unacknowledged, so JetStream hands them back before
+  anything newer;
 * a stream ``B_dead`` on ``B.dead.*`` for dead letters (subject ``B.dead.<G>``).
 
 The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch),
@@ -44,8 +50,10 @@ from tidings.brokers.port import (
     Outcome,
     Settlement,
     Topology,
+    fair_share,
     partition_key,
     partition_of,
+    rebalance_interval,
     retry_pause,
     run_handler,
 )
@@ -136,6 +144,10 @@ def lease_bucket(topology: Topology) -> str:
 
 def lease_key(group: str, partition: int) -> str:
     return f"{group}.p{partition}"
+
+
+def member_key(group: str, member: str) -> str:
+    return f"{group}.m.{member}"
 
 
 class NatsBroker:
@@ -351,7 +363,7 @@ class NatsBroker:
 
 
 class _NatsConsumer:
-    """Serves the partitions whose lease it holds, a batch at a time (see the module docstring)."""
+    """Serves its fair share of partitions, holding their leases (see the module docstring)."""
 
     def __init__(self, broker: NatsBroker, group: str, handler: Handler) -> None:
         self.broker = broker
@@ -359,10 +371,14 @@ class _NatsConsumer:
         self.handler = handler
         self.batches = GroupCommit(handler, broker.topology, group)
         self.name = f"{broker.connection_name}-{uuid.uuid4().hex[:12]}".encode()
+        #: Ranks the members (every member sorts the same keys the same way).
+        self.member = member_key(group, uuid.uuid4().hex)
         self._kv: Any = None
         self._subscriptions: dict[int, Any] = {}
         #: Partitions served: their task and the lease's last revision.
         self._partitions: dict[int, tuple[asyncio.Task[None], int]] = {}
+        #: Partitions beyond our share: their task finishes its batch, then the lease goes.
+        self._releasing: set[int] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -373,16 +389,50 @@ class _NatsConsumer:
             self._subscriptions[partition] = await self.broker.js.pull_subscribe_bind(
                 durable=durable_name(self.group, partition), stream=topology.name
             )
-        await self._take_free_partitions()
+        await self._kv.put(self.member, self.name)
+        await self._rebalance()
         self._lease_task = asyncio.create_task(self._keep_leases())
 
     @property
     def owned(self) -> list[int]:
-        return sorted(self._partitions)
+        """The partitions this consumer serves (not counting those it is giving up)."""
+        return sorted(set(self._partitions) - self._releasing)
 
-    async def _take_free_partitions(self) -> None:
+    async def _members(self) -> list[str]:
+        """The live members of the group: their keys, sorted (a dead one's key expired)."""
+        watcher = await self._kv.watch(
+            member_key(self.group, "*"), ignore_deletes=True, meta_only=True
+        )
+        members = {self.member}
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                members.add(entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        return sorted(members)
+
+    async def _rebalance(self) -> None:
+        """Take free partitions up to our share; give up (gracefully) what is beyond it."""
+        if self._stopping:
+            return
+        members = await self._members()
+        share = fair_share(
+            self.broker.topology.partitions, len(members), members.index(self.member)
+        )
+        serving = self.owned
+        if len(serving) > share:
+            for partition in serving[share:]:
+                # The serving task sees this after its current batch (acked), and ends; the
+                # lease is deleted once it has (_renew_leases), never before.
+                self._releasing.add(partition)
+            return
         for partition in range(self.broker.topology.partitions):
-            if partition in self._partitions or self._stopping:
+            if len(self.owned) >= share or self._stopping:
+                return
+            if partition in self._partitions:
                 continue
             try:
                 revision = await self._kv.create(lease_key(self.group, partition), self.name)
@@ -391,22 +441,36 @@ class _NatsConsumer:
             task = asyncio.create_task(self._serve(partition))
             self._partitions[partition] = (task, revision)
 
-    async def _keep_leases(self) -> None:
-        topology = self.broker.topology
-        while not self._stopping:
-            await asyncio.sleep(topology.redelivery_after / 3)
+    async def _renew_leases(self) -> None:
+        await self._kv.put(self.member, self.name)
+        for partition, (task, revision) in list(self._partitions.items()):
+            key = lease_key(self.group, partition)
+            if partition in self._releasing and task.done():
+                # Everything it fetched is settled: the next owner starts right after it.
+                self._partitions.pop(partition)
+                self._releasing.discard(partition)
+                # The acks reach the server before the lease goes, so the next owner does not
+                # find them pending (and wait ack_wait for nothing).
+                await self.broker.client.flush()
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    await self._kv.delete(key, last=revision)
+                continue
             try:
-                for partition, (task, revision) in list(self._partitions.items()):
-                    key = lease_key(self.group, partition)
-                    try:
-                        revision = await self._kv.update(key, self.name, last=revision)
-                    except nats.js.errors.KeyWrongLastSequenceError:
-                        log.warning("lost the lease on %s; stopping that partition", key)
-                        self._partitions.pop(partition)
-                        task.cancel()
-                        continue
-                    self._partitions[partition] = (task, revision)
-                await self._take_free_partitions()
+                revision = await self._kv.update(key, self.name, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.warning("lost the lease on %s; stopping that partition", key)
+                self._partitions.pop(partition)
+                self._releasing.discard(partition)
+                task.cancel()
+                continue
+            self._partitions[partition] = (task, revision)
+
+    async def _keep_leases(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(rebalance_interval(self.broker.topology))
+            try:
+                await self._renew_leases()
+                await self._rebalance()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -428,7 +492,7 @@ class _NatsConsumer:
         except Exception as exc:
             log.warning("consumer info for %s failed: %r", durable, exc)
             await asyncio.sleep(topology.redelivery_after)
-        while not self._stopping:
+        while not self._stopping and partition not in self._releasing:
             try:
                 messages = await subscription.fetch(batch=topology.prefetch, timeout=FETCH_WAIT)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -489,6 +553,9 @@ class _NatsConsumer:
             with contextlib.suppress(Exception):
                 await self._kv.delete(lease_key(self.group, partition), last=revision)
         self._partitions.clear()
+        self._releasing.clear()
+        with contextlib.suppress(Exception):
+            await self._kv.delete(self.member)  # the others rebalance without waiting for expiry
         for subscription in self._subscriptions.values():
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

@@ -24,8 +24,12 @@ An adapter is bound to one *bus* (a :class:`Topology`) and offers five operation
 
 Per-stream order with competing consumers: each message goes to partition
 ``partition_of(stream_id, partitions)``; within a group each partition is served by one consumer
-at a time, handling one message after another. Consumers of the same group compete for
-partitions, so adding consumers scales out while each stream stays in order.
+at a time, handling one message after another. The consumers of a group share the partitions
+fairly (:func:`fair_share`): one that joins takes its share within a few
+:func:`rebalance_interval` s, the others give up what they hold beyond theirs (after acking what
+they are handling, so the next owner starts exactly where they stopped), and the partitions of
+one that leaves or dies are taken over by the rest. So adding consumers scales out while each
+stream stays in order. How each adapter tracks the members is in its module docstring.
 
 Batches: when the handler is a :class:`BatchHandler` (the inbox), an adapter hands it whatever
 it has fetched for a partition (up to ``prefetch``, never waiting for more), through the
@@ -111,6 +115,29 @@ def partition_of(key: str | None, partitions: int) -> int:
     if partitions == 1 or not key:
         return 0
     return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def rebalance_interval(topology: Topology) -> float:
+    """How often a consumer renews its partition leases and checks its share: a third of
+    ``redelivery_after``, so a lease is renewed twice before it could expire, and a consumer
+    joining or leaving is balanced within a few of these."""
+    return topology.redelivery_after / 3
+
+
+def fair_share(partitions: int, members: int, rank: int | None = None) -> int:
+    """How many partitions one of ``members`` consumers of a group should serve.
+
+    With its ``rank`` among the members (0-based, every member seeing the same order) the
+    shares add up to exactly ``partitions``: the first ``partitions % members`` members serve
+    one more. Without a rank (the adapter cannot list the members) it is the rounded-up share,
+    which every member may fill, so all partitions are always served; such an adapter needs
+    another way to make members above ``partitions // members`` give way to one below it.
+    """
+    members = max(members, 1)
+    base, extra = divmod(partitions, members)
+    if rank is None:
+        return base + (1 if extra else 0)
+    return base + (1 if rank < extra else 0)
 
 
 def partition_key(message: StoredEvent) -> str:

@@ -4,16 +4,33 @@ Topology declared for a bus ``B`` with groups ``G``:
 
 * a durable *direct* exchange ``B``;
 * per group and partition ``i``: a durable classic queue ``B.G.p<i>`` bound with routing key
-  ``p<i>``, with ``x-single-active-consumer``: every consumer of the group subscribes to every
-  partition queue and the broker lets exactly one of them receive from each queue at a time,
-  handing over when it disconnects. That is how per-stream order survives competing consumers
-  without the consistent-hash exchange plugin (publishers route by ``partition_of(stream_id)``);
+  ``p<i>`` (publishers route by ``partition_of(stream_id)``; no consistent-hash plugin needed);
 * per group: a durable queue ``B.G.dead`` for dead letters (published through the default
-  exchange with the reason in ``tidings-dead-letter-*`` headers).
+  exchange with the reason in ``tidings-dead-letter-*`` headers), and a durable queue
+  ``B.G.members`` that every consumer of the group consumes, so that its consumer count is the
+  number of live consumers (it only ever carries short-lived requests to share, see below).
 
 Publishing uses a confirm-mode channel with ``mandatory``: a message is done when the broker
 acks it; a nack or an unroutable return raises :class:`PublishNotConfirmed`. All messages of one
 ``publish()`` call are in flight together.
+
+Competing consumers: a consumer serves a partition through an *exclusive* consumer on its queue
+(the broker refuses a second one, so a partition has one consumer at a time, which keeps
+per-stream order). Every ``rebalance_interval`` (a third of ``redelivery_after``) a consumer
+reads the members count ``N``. The members cannot be ranked, so each aims at the rounded-up
+:func:`~tidings.brokers.port.fair_share` ``ceil(P/N)`` and insists on ``floor(P/N)``:
+
+* above ``ceil(P/N)``, it stops taking messages from the extra partitions, handles and acks
+  those already received, and closes their channel: the broker requeues the rest at the head
+  of the queue and frees it in one step, for another member to take;
+* below it, it takes queues that nobody consumes (a passive declare says so); one above its
+  minimum leaves a free queue for one interval first, to whoever needs it more;
+* below ``floor(P/N)`` with every queue taken, it publishes a request (expiring after one
+  interval) to the members queue; the member that receives it gives a partition up, as above,
+  if it has more than its minimum (otherwise the request is dropped and asked again).
+
+When a consumer dies its connection closes, with the same effect on all its partitions (and its
+membership).
 
 Consuming uses one channel per partition queue with ``prefetch`` messages outstanding, handled in
 order; consecutive messages already fetched are handed to a batch-capable handler (the inbox)
@@ -21,12 +38,13 @@ together and acknowledged with one ``basic.ack(multiple=True)`` after its single
 failed message is retried in place, after a short pause, up to ``max_deliveries`` (a requeue
 would race with the deliveries already on the wire and reorder the stream); if the consumer
 dies meanwhile, everything it had not acknowledged goes back to the queue in its original
-order (classic queues) for the next active consumer.
+order (classic queues) for the next consumer.
 
-Scale-out caveat: the broker makes the *first* subscriber of a queue its active consumer, so
-consumers subscribe to the partition queues starting at a random partition; several consumers
-starting together then share the partitions, and a standby takes a partition over when its
-active consumer goes away.
+Earlier versions declared the partition queues with ``x-single-active-consumer``, which cannot
+be changed on a live queue and makes RabbitMQ refuse exclusive consumers. ``declare()`` accepts
+such a queue (with a warning) and consumers then fall back to a plain consumer on it, the
+broker's single active consumer keeping the order; fair sharing on it needs the queue drained
+and deleted (it is declared anew without the argument).
 
 The connection is robust (aio-pika reconnects and re-subscribes); a publication whose confirm
 was lost raises :class:`BrokerUnavailable` and must be retried.
@@ -37,8 +55,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from tidings.brokers.port import (
     Delivery,
@@ -47,8 +65,10 @@ from tidings.brokers.port import (
     Outcome,
     Settlement,
     Topology,
+    fair_share,
     partition_key,
     partition_of,
+    rebalance_interval,
     retry_pause,
     run_handler,
 )
@@ -122,6 +142,22 @@ def dead_letter_queue(topology: Topology, group: str) -> str:
     return f"{topology.name}.{group}.dead"
 
 
+def members_queue(topology: Topology, group: str) -> str:
+    return f"{topology.name}.{group}.members"
+
+
+#: Classic queues: a rejected message goes back to its original place (quorum queues may
+#: requeue it at the back, which breaks order).
+_PARTITION_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
+#: What earlier versions declared; RabbitMQ refuses exclusive consumers on such a queue.
+_LEGACY_PARTITION_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "classic",
+    "x-single-active-consumer": True,
+}
+#: The members queue only carries short-lived requests to share (see the module docstring).
+_MEMBERS_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
+
+
 class RabbitMQBroker:
     """The broker port on RabbitMQ (see the module docstring for the topology)."""
 
@@ -185,19 +221,18 @@ class RabbitMQBroker:
     async def declare(self) -> None:
         topology = self.topology
         with _driver_errors(f"declaring bus {topology.name!r}"):
-            channel = await self.connection.channel()
+            # A plain channel: a refused declare closes it, and a robust one would reopen itself.
+            channel: aio_pika.abc.AbstractChannel = await aio_pika.Channel(
+                self.connection, publisher_confirms=False
+            )
             try:
                 exchange = await channel.declare_exchange(
                     topology.name, aio_pika.ExchangeType.DIRECT, durable=True
                 )
                 for group in topology.groups:
                     for partition in range(topology.partitions):
-                        queue = await channel.declare_queue(
-                            partition_queue(topology, group, partition),
-                            durable=True,
-                            # Classic queues: a rejected message goes back to its original place
-                            # (quorum queues may requeue it at the back, which breaks order).
-                            arguments={"x-queue-type": "classic", "x-single-active-consumer": True},
+                        channel, queue = await self._declare_partition_queue(
+                            channel, partition_queue(topology, group, partition)
                         )
                         await queue.bind(exchange, routing_key=f"p{partition}")
                     await channel.declare_queue(
@@ -205,9 +240,34 @@ class RabbitMQBroker:
                         durable=True,
                         arguments={"x-queue-type": "classic"},
                     )
+                    await channel.declare_queue(
+                        members_queue(topology, group), durable=True, arguments=_MEMBERS_ARGUMENTS
+                    )
             finally:
                 with contextlib.suppress(Exception):
                     await channel.close()
+
+    async def _declare_partition_queue(
+        self, channel: aio_pika.abc.AbstractChannel, name: str
+    ) -> tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractQueue]:
+        """Declare a partition queue; accept one an earlier version declared (see the module
+        docstring). Returns the channel to go on with (a refused declare closes it)."""
+        try:
+            queue = await channel.declare_queue(name, durable=True, arguments=_PARTITION_ARGUMENTS)
+            return channel, queue
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            pass  # exists with other arguments: probably the earlier ones
+        channel = await aio_pika.Channel(self.connection, publisher_confirms=False)
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=_LEGACY_PARTITION_ARGUMENTS
+        )
+        log.warning(
+            "queue %s was declared with x-single-active-consumer by an earlier version: "
+            "consumers fall back to it there (order holds, but consumers starting later may "
+            "stay idle); drain and delete the queue to get fair sharing",
+            name,
+        )
+        return channel, queue
 
     async def delete(self) -> None:
         """Delete the bus's exchange and queues (test cleanup, decommissioning)."""
@@ -219,6 +279,7 @@ class RabbitMQBroker:
                     for partition in range(topology.partitions):
                         await channel.queue_delete(partition_queue(topology, group, partition))
                     await channel.queue_delete(dead_letter_queue(topology, group))
+                    await channel.queue_delete(members_queue(topology, group))
                 await channel.exchange_delete(topology.name)
             finally:
                 with contextlib.suppress(Exception):
@@ -357,17 +418,53 @@ class _PartitionSubscription:
         self.consumer_tag: str | None = None
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, legacy: bool = False) -> bool:
+        """Become the partition's only consumer; False if another consumer holds it.
+
+        ``legacy``: nobody was consuming the queue a moment ago, so a refusal may mean it is a
+        single-active-consumer queue from an earlier version, which refuses every exclusive
+        consumer: then a plain consumer, the broker's single active consumer keeping the queue
+        to one (and should another consumer have taken the queue meanwhile, exclusively, this
+        one is refused too).
+        """
+        # Exclusive: the broker refuses it while another consumer is on the queue, and nobody
+        # else gets on while we are, so the partition has one consumer at a time.
+        if await self._subscribe(exclusive=True):
+            return True
+        return legacy and await self._subscribe(exclusive=False)
+
+    async def _subscribe(self, *, exclusive: bool) -> bool:
         broker = self.consumer.broker
-        self.channel = await broker.connection.channel()
-        await self.channel.set_qos(prefetch_count=broker.topology.prefetch)
-        # Declared (passively) through the robust channel so that aio-pika restores the queue
-        # and this subscription after a reconnection.
-        self.queue = await self.channel.declare_queue(
-            partition_queue(broker.topology, self.consumer.group, self.partition), passive=True
-        )
-        self.consumer_tag = await self.queue.consume(self._received, no_ack=False)
+        # A plain channel, not a robust one: after a reconnection the partition must be won
+        # again (someone else may hold it by then), which the rebalance loop does, instead of
+        # aio-pika restoring the subscription behind our back.
+        self.channel = await aio_pika.Channel(broker.connection, publisher_confirms=False)
+        try:
+            await self.channel.set_qos(prefetch_count=broker.topology.prefetch)
+            self.queue = await self.channel.declare_queue(
+                partition_queue(broker.topology, self.consumer.group, self.partition),
+                passive=True,
+            )
+            self.consumer_tag = await self.queue.consume(
+                self._received, no_ack=False, exclusive=exclusive
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self.channel.close()
+            if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+                return False
+            raise
         self.task = asyncio.create_task(self._serve())
+        return True
+
+    @property
+    def broken(self) -> bool:
+        """The channel is gone (connection lost): the broker requeued what we had not acked."""
+        return self.channel is None or self.channel.is_closed
+
+    @property
+    def done(self) -> bool:
+        return self.task is None or self.task.done()
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
         if not self.stopping:
@@ -435,16 +532,28 @@ class _PartitionSubscription:
             )
 
     async def stop(self) -> None:
+        """Handle what is already here, then close the channel.
+
+        No basic.cancel first: that would let another consumer onto the queue while the
+        messages we received but will not handle are still ours, and it would get their
+        successors first. Closing the channel requeues them (in order) and frees the queue in
+        one step.
+        """
         self.stopping = True
-        if self.queue is not None and self.consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self.queue.cancel(self.consumer_tag)
         self.buffer.put_nowait(None)
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.channel is not None:
             with contextlib.suppress(Exception):
-                await self.channel.close()  # whatever was fetched but not handled is requeued
+                await self.channel.close()
+
+    def drop(self) -> None:
+        """The channel broke: forget what was fetched (the broker requeued it); finish the
+        message in hand (its ack will fail, the inbox absorbs the redelivery)."""
+        self.stopping = True
+        while not self.buffer.empty():
+            self.buffer.get_nowait()
+        self.buffer.put_nowait(None)
 
     def abandon(self) -> None:
         self.stopping = True
@@ -453,24 +562,128 @@ class _PartitionSubscription:
 
 
 class _RabbitConsumer:
+    """Serves its share of the group's partitions (see the module docstring)."""
+
     def __init__(self, broker: RabbitMQBroker, group: str, handler: Handler) -> None:
         self.broker = broker
         self.group = group
         self.handler = handler
         self.batches = GroupCommit(handler, broker.topology, group)
-        self.partitions = [
-            _PartitionSubscription(self, partition)
-            for partition in range(broker.topology.partitions)
-        ]
+        #: The partitions held (or being given up: those are ``stopping``).
+        self.partitions: dict[int, _PartitionSubscription] = {}
         #: Handler failures per message id, for ``max_deliveries``.
         self.failures: dict[str, int] = {}
+        self._members_channel: aio_pika.abc.AbstractChannel | None = None
+        self._members: aio_pika.abc.AbstractQueue | None = None
+        self._probe: aio_pika.abc.AbstractChannel | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        #: Members counted at the last rebalance.
+        self._members_count = 1
+        #: Partitions found free at the last rebalance.
+        self._seen_free: set[int] = set()
+        self._rebalancing: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
-        # A random starting partition spreads the active consumers of a group that start
-        # together (see the module docstring).
-        offset = random.randrange(len(self.partitions))
-        for subscription in self.partitions[offset:] + self.partitions[:offset]:
-            await subscription.start()
+        topology = self.broker.topology
+        # Membership: every consumer of the group consumes the (message-less) members queue,
+        # whose consumer count is then the number of live consumers. A robust channel, so
+        # aio-pika subscribes it again after a reconnection.
+        self._members_channel = await self.broker.connection.channel()
+        self._members = await self._members_channel.declare_queue(
+            members_queue(topology, self.group), durable=True, arguments=_MEMBERS_ARGUMENTS
+        )
+        await self._members.consume(self._asked_to_share, no_ack=True)
+        await self._rebalance()
+        self._rebalancing = asyncio.create_task(self._keep_balance())
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this consumer serves (not counting those it is giving up)."""
+        return sorted(p for p, s in self.partitions.items() if not s.stopping)
+
+    async def _keep_balance(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(rebalance_interval(self.broker.topology))
+            try:
+                await self._rebalance()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("rebalancing group %s failed: %r", self.group, exc)
+
+    async def _rebalance(self) -> None:
+        """Take free partitions up to our share; give up (gracefully) what is beyond it."""
+        for partition, subscription in list(self.partitions.items()):
+            if subscription.done:
+                self.partitions.pop(partition)
+                if subscription.channel is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.channel.close()
+            elif subscription.broken and not subscription.stopping:
+                subscription.drop()
+        if self._stopping or self._members is None:
+            return
+        declared = await self._members.declare()
+        members = self._members_count = declared.consumer_count or 1
+        partitions = self.broker.topology.partitions
+        share, floor = fair_share(partitions, members), partitions // members
+        serving = self.owned
+        if len(serving) > share:
+            for partition in serving[share:]:
+                self._release(partition)
+            return
+        if len(serving) == share:
+            self._seen_free.clear()
+            return
+        probe = await self._probe_channel()
+        free: set[int] = set()
+        for partition in range(partitions):
+            if len(self.owned) >= share or self._stopping:
+                break
+            if partition in self.partitions:
+                continue
+            name = partition_queue(self.broker.topology, self.group, partition)
+            queue = await probe.declare_queue(name, passive=True)
+            if queue.declaration_result.consumer_count:
+                continue  # another consumer holds it
+            free.add(partition)
+            if len(self.owned) >= floor and partition not in self._seen_free:
+                # We have our minimum: a consumer below its own gets one interval to take it
+                # first (it was probably given up for that one).
+                continue
+            subscription = _PartitionSubscription(self, partition)
+            if await subscription.start(legacy=True):
+                self.partitions[partition] = subscription
+        self._seen_free = free
+        if len(self.owned) < floor and not free and not self._stopping:
+            # Everything is held, mostly by members with more than their minimum (each aims
+            # at the rounded-up share): ask one of them, through the members queue, to give
+            # a partition up. The request expires with the interval; we ask again if needed.
+            await probe.default_exchange.publish(
+                aio_pika.Message(b"", expiration=rebalance_interval(self.broker.topology)),
+                routing_key=members_queue(self.broker.topology, self.group),
+            )
+
+    async def _asked_to_share(self, message: AbstractIncomingMessage) -> None:
+        """A member below its minimum asks for a partition: give one up if we have extra."""
+        if self._stopping:
+            return
+        serving = self.owned
+        if len(serving) > self.broker.topology.partitions // self._members_count:
+            self._release(serving[-1])
+
+    def _release(self, partition: int) -> None:
+        """Give a partition up gracefully (in the background: it finishes what it has)."""
+        release = asyncio.create_task(self.partitions[partition].stop())
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+
+    async def _probe_channel(self) -> aio_pika.abc.AbstractChannel:
+        """A plain channel for passive declares (who is consuming which partition queue)."""
+        if self._probe is None or self._probe.is_closed:
+            self._probe = await aio_pika.Channel(self.broker.connection, publisher_confirms=False)
+        return self._probe
 
     def delivery_of(self, message: AbstractIncomingMessage, partition: int) -> Delivery:
         key = _key(message)
@@ -494,13 +707,31 @@ class _RabbitConsumer:
 
     async def stop(self) -> None:
         """Stop receiving; let handlers in flight finish and ack; requeue what was fetched."""
-        await asyncio.gather(*(subscription.stop() for subscription in self.partitions))
+        self._stopping = True
+        if self._rebalancing is not None:
+            self._rebalancing.cancel()
+            await asyncio.gather(self._rebalancing, return_exceptions=True)
+        await asyncio.gather(
+            *(subscription.stop() for subscription in self.partitions.values()),
+            *self._releases,
+            return_exceptions=True,
+        )
+        self.partitions.clear()
+        for channel in (self._members_channel, self._probe):
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
         if self in self.broker._consumers:
             self.broker._consumers.remove(self)
 
     def abandon(self) -> None:
         """Stop handling without acking anything (the connection is about to be dropped)."""
-        for subscription in self.partitions:
+        self._stopping = True
+        if self._rebalancing is not None:
+            self._rebalancing.cancel()
+        for release in self._releases:
+            release.cancel()
+        for subscription in self.partitions.values():
             subscription.abandon()
 
 

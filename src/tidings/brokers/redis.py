@@ -5,12 +5,18 @@ Keys for a bus ``B`` (under ``key_prefix``, default ``tidings``):
 * ``tidings:B:p<i>``: one stream per partition (publishers pick it with
   ``partition_of(stream_id)``); each group is a consumer group on every partition stream,
   created with ``XGROUP CREATE ... MKSTREAM`` (an existing group is left alone);
-* ``tidings:B:<G>:lease:p<i>``: which consumer of group ``G`` owns partition ``i``. A consumer
-  takes free partitions with ``SET NX PX`` and renews its leases every third of
-  ``redelivery_after``; a partition is read only by its owner, one message after another, which
-  keeps per-stream order with competing consumers. When an owner dies its lease expires; the
-  next owner first takes over the dead consumer's unacknowledged entries with ``XAUTOCLAIM``
-  and handles them before anything new;
+* ``tidings:B:<G>:lease:p<i>``: which consumer of group ``G`` owns partition ``i``, and
+  ``tidings:B:<G>:members``: the live consumers of ``G`` (a sorted set of names scored by when
+  each one's heartbeat runs out, by the server's clock). Every ``rebalance_interval`` (a third of
+  ``redelivery_after``) a consumer beats (one script: note itself, drop the expired, list the
+  rest), renews its leases, and computes its :func:`~tidings.brokers.port.fair_share` from the
+  number of members and its rank among them. Below its share it takes free partitions with
+  ``SET NX PX``; above it, it stops reading the extra ones after the entries in hand and then
+  deletes their leases, so that another member takes them. A partition is read only by its
+  owner, one batch after another, which keeps per-stream order with competing consumers. When
+  an owner dies its heartbeat and leases run out and the others take its partitions over; a
+  next owner first takes over its predecessor's unacknowledged entries with ``XAUTOCLAIM`` and
+  handles them before anything new;
 * ``tidings:B:<G>:dead``: the group's dead letters.
 
 An entry has two fields: ``body`` (the payload, as is) and ``headers`` (every header in one JSON
@@ -43,8 +49,10 @@ from tidings.brokers.port import (
     Outcome,
     Settlement,
     Topology,
+    fair_share,
     partition_key,
     partition_of,
+    rebalance_interval,
     retry_pause,
     run_handler,
 )
@@ -91,6 +99,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# A member's heartbeat: note it alive until now + ttl (by the server's clock, the same for
+# every member), forget the members whose time is up, and return the live ones.
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 # Give a lease up only if we hold it.
 _RELEASE = """
@@ -155,6 +173,9 @@ class RedisBroker:
 
     def lease_key(self, group: str, partition: int) -> str:
         return f"{self.key_prefix}:{self.topology.name}:{group}:lease:p{partition}"
+
+    def members_key(self, group: str) -> str:
+        return f"{self.key_prefix}:{self.topology.name}:{group}:members"
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -310,6 +331,8 @@ class _RedisConsumer:
         self._stopping = False
         self._lease_task: asyncio.Task[None] | None = None
         self._partitions: dict[int, asyncio.Task[None]] = {}
+        #: Partitions beyond our share: their task finishes its batch, then the lease goes.
+        self._releasing: set[int] = set()
         #: Handler failures per "stream key/entry id" (entry ids repeat across partition
         #: streams), for ``max_deliveries``.
         self._failures: dict[str, int] = {}
@@ -319,27 +342,63 @@ class _RedisConsumer:
 
     @property
     def owned(self) -> list[int]:
-        return sorted(self._partitions)
+        """The partitions this consumer serves (not counting those it is giving up)."""
+        return sorted(set(self._partitions) - self._releasing)
 
     async def _keep_leases(self) -> None:
         broker = self.broker
         ttl_ms = int(broker.topology.redelivery_after * 1000)
         while not self._stopping:
             try:
-                for partition in range(broker.topology.partitions):
-                    key = broker.lease_key(self.group, partition)
-                    if partition in self._partitions:
-                        renewed = await broker.client.eval(_RENEW, 1, key, self.name, ttl_ms)
-                        if not renewed:
-                            log.warning("lost the lease on %s; stopping that partition", key)
-                            self._partitions.pop(partition).cancel()
-                    elif await broker.client.set(key, self.name, nx=True, px=ttl_ms):
-                        self._partitions[partition] = asyncio.create_task(self._serve(partition))
+                alive = await broker.client.eval(
+                    _HEARTBEAT, 1, broker.members_key(self.group), self.name, ttl_ms
+                )
+                # Ranked by name: every member sorts the same names the same way.
+                members = sorted(
+                    {m.decode() if isinstance(m, bytes) else str(m) for m in alive} | {self.name}
+                )
+                share = fair_share(
+                    broker.topology.partitions, len(members), members.index(self.name)
+                )
+                await self._renew_leases(ttl_ms)
+                await self._rebalance(share, ttl_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lease upkeep for group %s failed: %r", self.group, exc)
-            await asyncio.sleep(broker.topology.redelivery_after / 3)
+            await asyncio.sleep(rebalance_interval(broker.topology))
+
+    async def _renew_leases(self, ttl_ms: int) -> None:
+        broker = self.broker
+        for partition, task in list(self._partitions.items()):
+            key = broker.lease_key(self.group, partition)
+            if partition in self._releasing and task.done():
+                # Its last entries are acked (or, if one was failing, left pending for the next
+                # owner, who claims it first): the lease can go.
+                self._partitions.pop(partition)
+                self._releasing.discard(partition)
+                await broker.client.eval(_RELEASE, 1, key, self.name)
+            elif not await broker.client.eval(_RENEW, 1, key, self.name, ttl_ms):
+                log.warning("lost the lease on %s; stopping that partition", key)
+                self._partitions.pop(partition).cancel()
+                self._releasing.discard(partition)
+
+    async def _rebalance(self, share: int, ttl_ms: int) -> None:
+        """Take free partitions up to our share; give up (gracefully) what is beyond it."""
+        broker = self.broker
+        serving = self.owned
+        if len(serving) > share:
+            # Their tasks stop after the batch in hand; the leases go once they have.
+            self._releasing.update(serving[share:])
+            return
+        for partition in range(broker.topology.partitions):
+            if len(self.owned) >= share or self._stopping:
+                return
+            if partition in self._partitions:
+                continue
+            key = broker.lease_key(self.group, partition)
+            if await broker.client.set(key, self.name, nx=True, px=ttl_ms):
+                self._partitions[partition] = asyncio.create_task(self._serve(partition))
 
     async def _serve(self, partition: int) -> None:
         broker = self.broker
@@ -349,7 +408,7 @@ class _RedisConsumer:
         # Our own pending entries are read again (before new ones) only when something may be
         # left pending: at start, after a retry, after an error.
         check_pending = True
-        while not self._stopping:
+        while not self._stopping and partition not in self._releasing:
             try:
                 if claim_from is not None:
                     reply = await broker.client.xautoclaim(
@@ -453,6 +512,10 @@ class _RedisConsumer:
                     _RELEASE, 1, self.broker.lease_key(self.group, partition), self.name
                 )
         self._partitions.clear()
+        self._releasing.clear()
+        with contextlib.suppress(Exception):
+            # The others rebalance at once instead of waiting for our heartbeat to expire.
+            await self.broker.client.zrem(self.broker.members_key(self.group), self.name)
         if self in self.broker._consumers:
             self.broker._consumers.remove(self)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from tidings.core.envelope import Envelope, system_clock
@@ -343,7 +343,7 @@ class Follower:
         uow = self.config.unit_of_work()
         with uow:
             parked = (
-                self._parked_streams(uow.session, subscriber.name)
+                self._parked_streams(uow.connection, subscriber.name)
                 if self._may_park(subscriber)
                 else {}
             )
@@ -376,7 +376,9 @@ class Follower:
                     self.invoke.batch(subscriber, subscriber.batch, batch, uow, attempt)
                 except Exception as exc:
                     raise _HandlerFailed(None, exc, batched=True) from exc
-            self._advance(uow.session, subscriber.name, partition, start, end)
+            # On the connection, not the session: a subscriber that does not use the ORM then
+            # never pays for a Session (the unit of work creates one only when asked).
+            self._advance(uow.connection, subscriber.name, partition, start, end)
             try:
                 uow.commit()
             except LostPartition:
@@ -448,7 +450,7 @@ class Follower:
     ) -> None:
         with self.config.engine.begin() as conn:
             session = Session(bind=conn)
-            parked = self._parked_streams(session, subscriber.name)
+            parked = self._parked_streams(conn, subscriber.name)
             stream = item.stored.stream_id
             if stream is not None and stream in parked:
                 self._hold(session, subscriber, item, parked[stream])
@@ -461,7 +463,7 @@ class Follower:
                     attempts=attempts,
                     failures=failures,
                 )
-            self._advance(session, subscriber.name, partition, start, item.checkpoint)
+            self._advance(conn, subscriber.name, partition, start, item.checkpoint)
         self.positions[(subscriber.name, partition)] = item.checkpoint
         logger.error(
             "subscriber %s: %s dead-lettered after %d attempts",
@@ -473,9 +475,14 @@ class Follower:
     # -- statements inside a transaction -------------------------------------------------------
 
     def _advance(
-        self, session: Session, subscriber: str, partition: int, start: Checkpoint, end: Checkpoint
+        self,
+        connection: Connection,
+        subscriber: str,
+        partition: int,
+        start: Checkpoint,
+        end: Checkpoint,
     ) -> None:
-        result = session.execute(
+        result = connection.execute(
             self._advance_statement,
             {
                 "cp_subscriber": subscriber,
@@ -487,7 +494,7 @@ class Follower:
                 "cp_updated_at": system_clock(),
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise LostPartition(
                 f"subscriber {subscriber!r} partition {partition} moved past {start} "
                 "in another relay; this transaction was rolled back"
@@ -507,11 +514,11 @@ class Follower:
             self.may_park[subscriber.name] = known
         return known
 
-    def _parked_streams(self, session: Session, subscriber: str) -> dict[str, int]:
+    def _parked_streams(self, connection: Connection, subscriber: str) -> dict[str, int]:
         ps = tables.parked_streams
         # FOR UPDATE: a concurrent release (tidings dlq replay/discard) must not delete the
         # parking while this transaction adds a message behind it.
-        rows = session.execute(
+        rows = connection.execute(
             select(ps.c.stream_id, ps.c.dead_letter_id)
             .where(ps.c.log == self.config.log.name, ps.c.subscriber == subscriber)
             .with_for_update()

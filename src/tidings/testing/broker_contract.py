@@ -493,6 +493,52 @@ class BrokerContract:
         for stream, seen in received.by_stream().items():
             assert seen == list(range(versions)), f"{stream} handled out of order: {seen}"
 
+    async def test_competing_consumers_share_the_partitions(self, bus: Bus) -> None:
+        """A second consumer gets a fair share; when the first leaves, the second takes all."""
+        publisher = await bus.client()
+        received = Received()
+        partitions = bus.topology.partitions
+        streams = _streams_on_every_partition(partitions)
+        rounds = itertools.count(1)
+
+        def handler_for(name: str) -> Callable[[Delivery], Awaitable[None]]:
+            async def handler(delivery: Delivery) -> None:
+                received.add(delivery, name)
+
+            return handler
+
+        async def until(condition: Callable[[dict[int, set[str]]], bool], what: str) -> None:
+            """Send rounds of traffic (one message per stream) until one is served as wanted."""
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_LIMIT
+            while loop.time() < deadline:
+                n = next(rounds)
+                await bus.publish_all(publisher, [probe(stream, n) for stream in streams])
+                await eventually(_round_handled(received, n, len(streams)), f"round {n} handled")
+                served: dict[int, set[str]] = {p: set() for p in range(partitions)}
+                for stream, m, _, consumer in received.items:
+                    if m == n:
+                        served[partition_of(stream, partitions)].add(consumer)
+                if condition(served):
+                    return
+            pytest.fail(f"never happened: {what}")
+
+        def shared(served: dict[int, set[str]]) -> bool:
+            if any(len(by) != 1 for by in served.values()):
+                return False
+            counts = [sum(1 for by in served.values() if name in by) for name in ("A", "B")]
+            return min(counts) >= 1 and max(counts) - min(counts) <= 1
+
+        first = await bus.client()
+        await first.consume("g", handler_for("A"))
+        second = await bus.client()
+        await second.consume("g", handler_for("B"))
+        await until(shared, "both consumers serving their share of the partitions")
+        await first.close()
+        await until(lambda served: all(by == {"B"} for by in served.values()), "B serving all")
+        for stream, seen in received.by_stream().items():
+            assert seen == sorted(seen), f"{stream} handled out of order: {seen}"
+
     async def test_connection_drop_mid_stream_loses_nothing(self, bus: Bus) -> None:
         publisher = await bus.client()
         consumer_client = await bus.client()
@@ -601,6 +647,23 @@ class BrokerContract:
         for (expected, _, _), reason in zip(hostile, reasons, strict=True):
             assert expected in reason, f"expected {expected!r} in {reason!r}"
         assert handled == [(stream, 2)]
+
+
+def _round_handled(received: Received, n: int, expected: int) -> Callable[[], bool]:
+    return lambda: sum(1 for item in received.items if item[1] == n) >= expected
+
+
+def _streams_on_every_partition(partitions: int, per_partition: int = 2) -> list[str]:
+    """Stream names, ``per_partition`` of them on each partition."""
+    chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    for i in itertools.count():
+        name = f"share-{i}"
+        names = chosen[partition_of(name, partitions)]
+        if len(names) < per_partition:
+            names.append(name)
+        if all(len(names) == per_partition for names in chosen.values()):
+            return [name for names in chosen.values() for name in names]
+    raise AssertionError("unreachable")
 
 
 async def _never_called(delivery: Delivery) -> None:
