@@ -165,6 +165,7 @@ class LogPage:
 
 _new_object = object.__new__
 _set_slot = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown  # an enum member: looking it up each time is not free
 
 
 def _uuid(value: Any) -> UUID:
@@ -178,7 +179,7 @@ def _uuid(value: Any) -> UUID:
     number = int(value, 16)
     uuid = _new_object(UUID)
     _set_slot(uuid, "int", number)
-    _set_slot(uuid, "is_safe", SafeUUID.unknown)
+    _set_slot(uuid, "is_safe", _UNKNOWN_SAFETY)
     return uuid
 
 
