@@ -309,7 +309,9 @@ async def outbox_run(
     publisher = BlockingBusPublisher(lambda: make_broker(kind, topology))
     handlers = Handlers()
     forward_to_bus(handlers, translator, publisher)
-    config = RelayConfig(sync_engine, handlers, poll_interval=0.05)
+    # One relay process: one partition (partitions let several relays share a log) and pages
+    # of 1,000, each published with one confirmation wait.
+    config = RelayConfig(sync_engine, handlers, poll_interval=0.05, partitions=1, batch_size=1000)
     relay = Relay(config)
     relay.prepare()
     relay.start()
