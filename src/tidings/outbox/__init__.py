@@ -29,10 +29,16 @@ from tidings.outbox.config import RelayConfig
 from tidings.outbox.deadletters import DeadLetter, DeadLetterError, DeadLetters
 from tidings.outbox.delivery import LostPartition
 from tidings.outbox.maintenance import purge_delivered, status
-from tidings.outbox.participant import Doorbell, LogNotifier, OutboxParticipant, notify_channel
+from tidings.outbox.participant import (
+    Doorbell,
+    LogNotifier,
+    OutboxParticipant,
+    PostCommitNotifier,
+    notify_channel,
+)
 from tidings.outbox.relay import Relay
 from tidings.outbox.retry import OnFailure, RetryPolicy, SubscriberPolicy
-from tidings.outbox.subscribers import delivery_id, partition_of
+from tidings.outbox.subscribers import BatchHandler, delivery_id, partition_of
 from tidings.outbox.tables import (
     create_tables,
     event_columns,
@@ -43,6 +49,7 @@ from tidings.outbox.tables import (
 from tidings.outbox.tables import outbox as outbox_table
 
 __all__ = [
+    "BatchHandler",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetters",
@@ -51,6 +58,7 @@ __all__ = [
     "LostPartition",
     "OnFailure",
     "OutboxParticipant",
+    "PostCommitNotifier",
     "Relay",
     "RelayConfig",
     "RetryPolicy",
