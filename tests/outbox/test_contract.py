@@ -263,6 +263,52 @@ def test_handler_failing_n_times_then_succeeding_follows_the_schedule(store: Sto
     assert DeadLetters(store.engine).find() == []
 
 
+def test_a_restarted_relay_continues_the_retry_schedule(store: Store) -> None:
+    """Attempt counts and failures live in the database: a relay restarted (or another one
+    taking the partition over) continues where the schedule was, and the dead letter counts
+    every attempt."""
+    clock = FakeClock()
+    attempts: list[int] = []
+    handlers = Handlers()
+
+    def always_failing(deposited: Deposited, ctx: HandlerContext) -> None:
+        attempts.append(ctx.attempt)
+        raise ConnectionError(f"down, attempt {ctx.attempt}")
+
+    handlers.add(Deposited, always_failing, when=Timing.AFTER_COMMIT, name="ledger")
+    policy = RetryPolicy(immediate=1, delayed=3, base_delay=10.0, max_delay=100.0, seed=3)
+    config = config_for(store, handlers, partitions=1, default_policy=SubscriberPolicy(policy))
+    deposit(config, "acc-1", 1, seq=1)
+
+    first = Relay(config, node="first", clock=clock)
+    first.run_until_idle()  # attempts 1 and 2 (immediate), then a delayed retry is pending
+    wait = first.next_retry_in()
+    assert wait is not None
+    clock.advance(wait + 1e-6)
+    first.run_until_idle()  # attempt 3, then the next delayed retry
+    assert attempts == [1, 2, 3]
+    first.leases.release_all()
+    first.follower.close()
+
+    # A new process: nothing in memory. It must not start over at attempt 1.
+    second = Relay(config, node="second", clock=clock)
+    second.run_until_idle()
+    assert attempts == [1, 2, 3], "the stored retry was not due yet"
+    for _ in range(5):
+        wait = second.next_retry_in()
+        if wait is None:
+            break
+        clock.advance(wait + 1e-6)
+        second.run_until_idle()
+    assert attempts == [1, 2, 3, 4, 5]
+    [letter] = DeadLetters(store.engine).find()
+    assert letter.attempts == 5
+    assert letter.exception_message == "down, attempt 5"
+    assert letter.first_failure_at is not None and letter.last_failure_at is not None
+    assert letter.first_failure_at < letter.last_failure_at
+    assert second.next_retry_in() is None
+
+
 def test_poison_message_is_dead_lettered_and_the_rest_flows(store: Store) -> None:
     handlers = Handlers()
     book = record_effect("ledger")

@@ -21,6 +21,7 @@ fails, the same batch is delivered again event by event, and the rules above app
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ class Follower:
         )
         self.invoke = Invoker()
         self.pending: dict[tuple[str, int], PendingRetry] = {}
+        #: Partitions whose stored retry was looked up / that have a stored retry row.
+        self._retries_loaded: set[tuple[str, int]] = set()
+        self._stored_retries: set[tuple[str, int]] = set()
         #: Checkpoints as last committed by this follower: while it holds a partition, only it
         #: moves the checkpoint (the compare-and-set catches the exceptions), so the database
         #: need not be asked before every read.
@@ -244,12 +248,111 @@ class Follower:
             raise
 
     def forget_positions(self) -> None:
-        """Re-read checkpoints from the database (after lease changes)."""
+        """Re-read checkpoints and delayed retries from the database (after lease changes)."""
         self.positions.clear()
+        self.pending.clear()
+        self._retries_loaded.clear()
+
+    # -- delayed retries, kept in the database ------------------------------------------------
+
+    def _pending_retry(self, key: tuple[str, int]) -> PendingRetry | None:
+        """The delayed retry of a partition: in memory, or as stored by an earlier relay."""
+        retry = self.pending.get(key)
+        if retry is None and key not in self._retries_loaded:
+            self._retries_loaded.add(key)
+            retry = self._load_retry(key)
+            if retry is not None:
+                self.pending[key] = retry
+        return retry
+
+    def _load_retry(self, key: tuple[str, int]) -> PendingRetry | None:
+        pr = tables.pending_retries
+        with self.reader.connect() as conn:
+            row = conn.execute(
+                select(pr).where(
+                    pr.c.log == self.config.log.name,
+                    pr.c.subscriber == key[0],
+                    pr.c.partition == key[1],
+                )
+            ).first()
+        if row is None:
+            return None
+        self._stored_retries.add(key)
+        try:
+            failures = [
+                Failure(
+                    exception_type=str(f["exception_type"]),
+                    message=str(f["message"]),
+                    traceback=str(f["traceback"]),
+                    at=datetime.fromisoformat(str(f["at"])),
+                )
+                for f in json.loads(row.failures)
+            ]
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("unreadable stored retry for %s (%s): starting it over", key, exc)
+            failures = []
+        return PendingRetry(
+            event_id=tables.as_uuid(row.event_id),
+            next_attempt=int(row.next_attempt),
+            due=float(row.due_at),
+            first_failure=tables.as_utc(row.first_failure_at) or system_clock(),
+            failures=failures,
+        )
+
+    def _schedule_retry(self, key: tuple[str, int], retry: PendingRetry) -> None:
+        """Keep the retry in memory and in the database (its own short transaction)."""
+        self.pending[key] = retry
+        pr = tables.pending_retries
+        where = (
+            (pr.c.log == self.config.log.name)
+            & (pr.c.subscriber == key[0])
+            & (pr.c.partition == key[1])
+        )
+        failures = json.dumps(
+            [
+                {
+                    "exception_type": f.exception_type,
+                    "message": f.message,
+                    "traceback": f.traceback,
+                    "at": f.at.isoformat(),
+                }
+                for f in retry.failures
+            ]
+        )
+        with self.config.engine.begin() as conn:
+            conn.execute(pr.delete().where(where))
+            conn.execute(
+                pr.insert().values(
+                    log=self.config.log.name,
+                    subscriber=key[0],
+                    partition=key[1],
+                    event_id=retry.event_id,
+                    next_attempt=retry.next_attempt,
+                    due_at=retry.due,
+                    first_failure_at=retry.first_failure,
+                    failures=failures,
+                )
+            )
+        self._stored_retries.add(key)
+
+    def _drop_retry(self, key: tuple[str, int]) -> None:
+        self.pending.pop(key, None)
+        if key not in self._stored_retries:
+            return  # nothing stored: no round trip on the common path
+        pr = tables.pending_retries
+        with self.config.engine.begin() as conn:
+            conn.execute(
+                pr.delete().where(
+                    pr.c.log == self.config.log.name,
+                    pr.c.subscriber == key[0],
+                    pr.c.partition == key[1],
+                )
+            )
+        self._stored_retries.discard(key)
 
     def _process(self, subscriber: Subscriber, partition: int) -> int:
         key = (subscriber.name, partition)
-        retry = self.pending.get(key)
+        retry = self._pending_retry(key)
         if retry is not None and retry.due > self.clock():
             return 0
         start = self.positions.get(key)
@@ -276,7 +379,7 @@ class Follower:
         if retry is not None:
             if not work or work[0][1].event_id != retry.event_id:
                 # Someone else delivered it meanwhile (our lease lapsed): forget the retry.
-                del self.pending[key]
+                self._drop_retry(key)
             else:
                 index, item = work[0]
                 self._deliver_alone(subscriber, partition, start, item, retry)
@@ -413,7 +516,7 @@ class Follower:
                 except _HandlerFailed as failed:
                     failures.append(Failure.of(failed.cause))
                 else:
-                    self.pending.pop(key, None)
+                    self._drop_retry(key)
                     return
             first_failure = None
             delay = policy.delay_after(attempt)
@@ -426,16 +529,19 @@ class Follower:
             )
             if delay is None:
                 self._bury(subscriber, partition, start, item, attempt, failures)
-                self.pending.pop(key, None)
+                self._drop_retry(key)
                 return
             attempt += 1
             if delay > 0:
-                self.pending[key] = PendingRetry(
-                    event_id=item.event_id,
-                    next_attempt=attempt,
-                    due=self.clock() + delay,
-                    first_failure=failures[0].at,
-                    failures=failures,
+                self._schedule_retry(
+                    key,
+                    PendingRetry(
+                        event_id=item.event_id,
+                        next_attempt=attempt,
+                        due=self.clock() + delay,
+                        first_failure=failures[0].at,
+                        failures=failures,
+                    ),
                 )
                 return
 

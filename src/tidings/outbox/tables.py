@@ -149,6 +149,23 @@ Index(
     dead_letters.c.stream_id,
 )
 
+# A delayed retry in progress, per (log, subscriber, partition): its attempt count and failures
+# survive a relay restart, and a relay that takes the partition over continues the schedule.
+pending_retries = Table(
+    "tidings_pending_retries",
+    metadata,
+    Column("log", String(255), primary_key=True),
+    Column("subscriber", String(255), primary_key=True),
+    Column("partition", Integer(), primary_key=True),
+    Column("event_id", Uuid(), nullable=False),
+    Column("next_attempt", Integer(), nullable=False),
+    # Seconds since the epoch on the relay's clock, like lease expiries.
+    Column("due_at", Float(), nullable=False),
+    Column("first_failure_at", DateTime(timezone=True), nullable=False),
+    # JSON list of the failures so far (type, message, traceback, ISO time), for the dead letter.
+    Column("failures", Text(), nullable=False),
+)
+
 parked_streams = Table(
     "tidings_parked_streams",
     metadata,
