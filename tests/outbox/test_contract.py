@@ -287,6 +287,9 @@ def test_a_restarted_relay_continues_the_retry_schedule(store: Store) -> None:
     clock.advance(wait + 1e-6)
     first.run_until_idle()  # attempt 3, then the next delayed retry
     assert attempts == [1, 2, 3]
+    [ledger] = status(store.engine)["subscribers"]
+    [retrying] = ledger["retrying"]  # operators see it too
+    assert retrying["partition"] == 0 and retrying["next_attempt"] == 4
     first.leases.release_all()
     first.follower.close()
 
@@ -307,6 +310,7 @@ def test_a_restarted_relay_continues_the_retry_schedule(store: Store) -> None:
     assert letter.first_failure_at is not None and letter.last_failure_at is not None
     assert letter.first_failure_at < letter.last_failure_at
     assert second.next_retry_in() is None
+    assert status(store.engine)["subscribers"][0]["retrying"] == []
 
 
 def test_poison_message_is_dead_lettered_and_the_rest_flows(store: Store) -> None:

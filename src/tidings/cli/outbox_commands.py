@@ -332,6 +332,12 @@ def status_command(url: str, log_name: str, as_json: bool) -> None:
             f"  {sub['subscriber']:<40} lag {sub['lag']!s:>8}  checkpoint {sub['checkpoint']}  "
             f"dead letters {sub['dead_letters']}  held {sub['held']}"
         )
+        for retry in sub["retrying"]:
+            due = retry["due_in_seconds"]
+            lines.append(
+                f"    partition {retry['partition']}: retrying {retry['event_id']}, attempt "
+                f"{retry['next_attempt']} " + (f"in {due:.1f}s" if due > 0 else "due now")
+            )
     emit(report, as_json, "\n".join(lines))
 
 

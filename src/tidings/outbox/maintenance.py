@@ -92,6 +92,21 @@ def status(
                 owners.setdefault(row.subscriber, {}).setdefault(row.owner, []).append(
                     int(row.partition)
                 )
+        pr = tables.pending_retries
+        retrying: dict[str, list[dict[str, Any]]] = {}
+        for row in conn.execute(
+            select(pr.c.subscriber, pr.c.partition, pr.c.event_id, pr.c.next_attempt, pr.c.due_at)
+            .where(pr.c.log == log.name)
+            .order_by(pr.c.subscriber, pr.c.partition)
+        ):
+            retrying.setdefault(row.subscriber, []).append(
+                {
+                    "partition": int(row.partition),
+                    "event_id": str(tables.as_uuid(row.event_id)),
+                    "next_attempt": int(row.next_attempt),
+                    "due_in_seconds": round(float(row.due_at) - now.timestamp(), 3),
+                }
+            )
         subscribers = []
         for name in sorted(set(per_subscriber) | {s for s, _ in letters}):
             checkpoints = per_subscriber.get(name, [])
@@ -104,6 +119,8 @@ def status(
                     "lag": _count_after(conn, log, lowest) if checkpoints else None,
                     "dead_letters": letters.get((name, "failed"), 0),
                     "held": letters.get((name, "held"), 0),
+                    # Partitions waiting for a delayed retry of their head event.
+                    "retrying": retrying.get(name, []),
                     # Which live relay holds which partitions.
                     "relays": {node: sorted(parts) for node, parts in owners.get(name, {}).items()},
                 }
