@@ -421,6 +421,39 @@ def test_skip_or_park_the_stream(store: Store, mode: OnFailure) -> None:
     assert effects(store.engine)[-1].seq == 6
 
 
+def test_released_held_messages_get_the_immediate_retries(store: Store) -> None:
+    from . import app
+
+    calls: list[int] = []
+    book = app.record_effect("ledger")
+
+    def flaky_after_release(deposited: Deposited, ctx: HandlerContext) -> None:
+        calls.append(deposited.seq)
+        if deposited.seq == 2 and calls.count(2) == 1:
+            raise ConnectionError("a blip on the first try")
+        book(deposited, ctx)
+
+    handlers = Handlers()
+    handlers.add(Deposited, flaky_after_release, when=Timing.AFTER_COMMIT, name="ledger")
+    policy = SubscriberPolicy(RetryPolicy(immediate=1, delayed=0), on_failure=OnFailure.PARK)
+    config = config_for(store, handlers, default_policy=policy)
+    app.BROKEN_SEQS.add(1)
+    try:
+        for seq in (1, 2, 3):
+            deposit(config, "acc-1", 1, seq=seq)
+        deliver(config)
+    finally:
+        app.BROKEN_SEQS.discard(1)
+    letters = DeadLetters(store.engine)
+    [failed] = letters.find()
+    assert len(letters.find(status="held")) == 2
+
+    released = letters.replay(config, failed.id)
+    assert len(released) == 2, "seq 2 failed once on release, then its retry succeeded"
+    assert [e.seq for e in effects(store.engine)] == [1, 2, 3]
+    assert letters.find(status=None) == []
+
+
 def test_discarding_the_head_releases_the_parked_stream(store: Store) -> None:
     from . import app
 

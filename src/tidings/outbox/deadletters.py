@@ -307,7 +307,7 @@ class DeadLetters:
                     .values(dead_letter_id=nxt.id)
                 )
             try:
-                self._deliver(config, subscriber, nxt)
+                self._deliver_held(config, subscriber, nxt)
             except DeadLetterError:
                 dl_update = update(dl).where(dl.c.id == nxt.id, dl.c.status == "held")
                 with self.engine.begin() as conn:
@@ -315,6 +315,21 @@ class DeadLetters:
                 return released
             released.append(nxt.id)
             head = nxt
+
+    def _deliver_held(
+        self, config: RelayConfig, subscriber: Subscriber, letter: DeadLetter
+    ) -> None:
+        """A held message was never tried: it gets the subscriber's immediate retries (a
+        replayed failed one gets one attempt: the operator asked for exactly that)."""
+        retries = subscriber.policy.retry.immediate
+        for attempt in range(retries + 1):
+            try:
+                self._deliver(config, subscriber, letter)
+                return
+            except DeadLetterError:
+                if attempt == retries:
+                    raise
+                letter = self.get(letter.id)  # with the failure just recorded
 
     def _lock_parking(self, session: Session, letter: DeadLetter) -> int | None:
         if letter.stored.stream_id is None:
