@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from uuid import UUID, SafeUUID
 
 import msgspec
 
@@ -22,6 +21,7 @@ from tidings.core.ids import uuid7
 from tidings.core.messages import StoredEvent, to_envelope
 from tidings.errors import CodecError, UnreadableEvent
 from tidings.persistence.log import Checkpoint
+from tidings.persistence.values import as_utc, as_uuid
 
 _EMPTY_HEADERS = "{}"
 _headers_decoder = msgspec.json.Decoder(dict[str, str])
@@ -163,32 +163,6 @@ class LogPage:
         return len(self.entries)
 
 
-_new_object = object.__new__
-_set_slot = object.__setattr__
-_UNKNOWN_SAFETY = SafeUUID.unknown  # an enum member: looking it up each time is not free
-
-
-def _uuid(value: Any) -> UUID:
-    """A UUID from a column value: already one (PostgreSQL, SQLAlchemy) or the 32 hex digits
-    SQLite stores. Built without ``UUID.__init__``'s string parsing, which costs more than the
-    rest of a row's conversion on the log-reading paths."""
-    if type(value) is UUID:
-        return value
-    if type(value) is not str or len(value) != 32:
-        return UUID(value)  # anything unusual: the standard parser (and its error)
-    number = int(value, 16)
-    uuid = _new_object(UUID)
-    _set_slot(uuid, "int", number)
-    _set_slot(uuid, "is_safe", _UNKNOWN_SAFETY)
-    return uuid
-
-
-def _moment(value: Any) -> datetime:
-    if type(value) is str:  # SQLite's stored form, written in UTC
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    return value if value.tzinfo is UTC else utc(value)
-
-
 def row_to_entry(row: Any) -> LogEntry:
     """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded.
 
@@ -210,14 +184,14 @@ def row_to_entry(row: Any) -> LogEntry:
         payload,
     ) = row
     stored = StoredEvent(
-        _uuid(event_id),
+        as_uuid(event_id),
         event_type,
         event_version,
         stream_id,
         stream_version,
-        _moment(occurred_at),
-        _uuid(correlation_id),
-        None if causation_id is None else _uuid(causation_id),
+        as_utc(occurred_at),
+        as_uuid(correlation_id),
+        None if causation_id is None else as_uuid(causation_id),
         producer,
         payload if type(payload) is bytes else bytes(payload),
         {}

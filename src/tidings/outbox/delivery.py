@@ -47,6 +47,7 @@ from tidings.outbox.subscribers import (
     reader_engine,
 )
 from tidings.persistence.log import Checkpoint, after, after_bound, visible
+from tidings.persistence.values import as_uuid
 
 logger = logging.getLogger("tidings.outbox")
 
@@ -190,11 +191,11 @@ class Follower:
         try:
             event_type = str(row[_TYPE])
             version = int(row[_VERSION])
-            event_id = tables.as_uuid(row[_EVENT_ID])
+            event_id = as_uuid(row[_EVENT_ID])
             occurred_at = tables.as_utc(row[_OCCURRED_AT])
-            correlation_id = tables.as_uuid(row[_CORRELATION_ID])
+            correlation_id = as_uuid(row[_CORRELATION_ID])
             causation = row[_CAUSATION_ID]
-            causation_id = tables.as_uuid(causation) if causation is not None else None
+            causation_id = as_uuid(causation) if causation is not None else None
             headers = tables.headers_of(row[_HEADERS])
             if occurred_at is None:
                 raise TypeError("occurred_at is missing")
@@ -292,7 +293,7 @@ class Follower:
             logger.warning("unreadable stored retry for %s (%s): starting it over", key, exc)
             failures = []
         return PendingRetry(
-            event_id=tables.as_uuid(row.event_id),
+            event_id=as_uuid(row.event_id),
             next_attempt=int(row.next_attempt),
             due=float(row.due_at),
             first_failure=tables.as_utc(row.first_failure_at) or system_clock(),

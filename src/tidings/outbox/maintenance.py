@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from tidings.core.envelope import system_clock
 from tidings.outbox import tables
 from tidings.persistence.log import Checkpoint, after
+from tidings.persistence.values import as_uuid
 
 
 def _checkpoints(conn: Connection, log: str) -> dict[str, list[Checkpoint]]:
@@ -102,7 +103,7 @@ def status(
             retrying.setdefault(row.subscriber, []).append(
                 {
                     "partition": int(row.partition),
-                    "event_id": str(tables.as_uuid(row.event_id)),
+                    "event_id": str(as_uuid(row.event_id)),
                     "next_attempt": int(row.next_attempt),
                     "due_in_seconds": round(float(row.due_at) - now.timestamp(), 3),
                 }

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
@@ -47,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from tidings.core.messages import METADATA_FIELDS, StoredEvent
+from tidings.persistence import values
 from tidings.persistence.log import install_tx_default, log_columns
 
 metadata = MetaData()
@@ -185,19 +185,6 @@ def create_tables(bind: Engine | Connection) -> None:
 # -- conversions between rows and StoredEvent -------------------------------------------------
 
 
-def _uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
-
-
-def _utc(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {value!r}")
-    # SQLite hands back naive datetimes; tidings only ever stores UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _headers(value: Any) -> dict[str, str]:
     if value is None or value == "" or value == "{}":
         return {}
@@ -213,14 +200,16 @@ def stored_from_row(row: Mapping[Any, Any]) -> StoredEvent:
     """Read a raw event from any row having the shared event columns (any log table)."""
     payload = row["payload"]
     return StoredEvent(
-        event_id=_uuid(row["event_id"]),
+        event_id=values.as_uuid(row["event_id"]),
         event_type=str(row["event_type"]),
         event_version=int(row["event_version"]),
         stream_id=row["stream_id"],
         stream_version=row["stream_version"],
-        occurred_at=_utc(row["occurred_at"]),
-        correlation_id=_uuid(row["correlation_id"]),
-        causation_id=_uuid(row["causation_id"]) if row["causation_id"] is not None else None,
+        occurred_at=values.as_utc(row["occurred_at"]),
+        correlation_id=values.as_uuid(row["correlation_id"]),
+        causation_id=(
+            values.as_uuid(row["causation_id"]) if row["causation_id"] is not None else None
+        ),
         producer=row["producer"],
         payload=payload.encode() if isinstance(payload, str) else bytes(payload),
         headers=_headers(row["headers"]),
@@ -229,20 +218,15 @@ def stored_from_row(row: Mapping[Any, Any]) -> StoredEvent:
 
 def row_from_stored(stored: StoredEvent) -> dict[str, Any]:
     """The event columns' values for ``stored`` (metadata, headers as JSON text, payload)."""
-    values = {name: getattr(stored, name) for name in METADATA_FIELDS}
-    values["headers"] = json.dumps(stored.headers, sort_keys=True)
-    values["payload"] = stored.payload
-    return values
+    row = {name: getattr(stored, name) for name in METADATA_FIELDS}
+    row["headers"] = json.dumps(stored.headers, sort_keys=True)
+    row["payload"] = stored.payload
+    return row
 
 
 def as_utc(value: Any) -> datetime | None:
     """A datetime column value in UTC (SQLite returns naive datetimes), or None."""
-    return None if value is None else _utc(value)
-
-
-def as_uuid(value: Any) -> UUID:
-    """A UUID column value as a UUID (drivers without a native type return text)."""
-    return _uuid(value)
+    return None if value is None else values.as_utc(value)
 
 
 def headers_of(value: Any) -> dict[str, str]:
