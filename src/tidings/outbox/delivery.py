@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from tidings.core.envelope import Envelope, system_clock
@@ -266,16 +266,19 @@ class Follower:
                 self.pending[key] = retry
         return retry
 
+    def _retry_row(self, key: tuple[str, int]) -> ColumnElement[bool]:
+        pr = tables.pending_retries
+        subscriber, partition = key
+        return and_(
+            pr.c.log == self.config.log.name,
+            pr.c.subscriber == subscriber,
+            pr.c.partition == partition,
+        )
+
     def _load_retry(self, key: tuple[str, int]) -> PendingRetry | None:
         pr = tables.pending_retries
         with self.reader.connect() as conn:
-            row = conn.execute(
-                select(pr).where(
-                    pr.c.log == self.config.log.name,
-                    pr.c.subscriber == key[0],
-                    pr.c.partition == key[1],
-                )
-            ).first()
+            row = conn.execute(select(pr).where(self._retry_row(key))).first()
         if row is None:
             return None
         self._stored_retries.add(key)
@@ -304,11 +307,6 @@ class Follower:
         """Keep the retry in memory and in the database (its own short transaction)."""
         self.pending[key] = retry
         pr = tables.pending_retries
-        where = (
-            (pr.c.log == self.config.log.name)
-            & (pr.c.subscriber == key[0])
-            & (pr.c.partition == key[1])
-        )
         failures = json.dumps(
             [
                 {
@@ -321,7 +319,7 @@ class Follower:
             ]
         )
         with self.config.engine.begin() as conn:
-            conn.execute(pr.delete().where(where))
+            conn.execute(pr.delete().where(self._retry_row(key)))
             conn.execute(
                 pr.insert().values(
                     log=self.config.log.name,
@@ -342,13 +340,7 @@ class Follower:
             return  # nothing stored: no round trip on the common path
         pr = tables.pending_retries
         with self.config.engine.begin() as conn:
-            conn.execute(
-                pr.delete().where(
-                    pr.c.log == self.config.log.name,
-                    pr.c.subscriber == key[0],
-                    pr.c.partition == key[1],
-                )
-            )
+            conn.execute(pr.delete().where(self._retry_row(key)))
         self._stored_retries.discard(key)
 
     def _process(self, subscriber: Subscriber, partition: int) -> int:
