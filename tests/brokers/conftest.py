@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -168,3 +170,41 @@ def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
         require(name)
     factory: BrokerFactory = _FACTORIES[name]()
     return factory
+
+
+# -- shared by the tests that run the relay's publisher (its own event loop, in a thread) ----
+
+
+@contextmanager
+def declared_bus(name: str, topology: Topology) -> Iterator[BrokerFactory]:
+    """``topology`` declared on the real server ``name``, deleted afterwards."""
+    require(name)
+    factory: BrokerFactory = _FACTORIES[name]()
+
+    async def declare() -> None:
+        broker = await factory.create(topology)
+        try:
+            await broker.declare()
+        finally:
+            await broker.close()
+
+    asyncio.run(declare())
+    try:
+        yield factory
+    finally:
+        asyncio.run(factory.cleanup(topology))
+
+
+def make_broker(factory: BrokerFactory, topology: Topology) -> Any:
+    """A new, not yet connected client of ``factory``'s server (for a BlockingBusPublisher)."""
+    if factory.name == "rabbitmq":
+        from tidings.brokers.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(RABBITMQ_URL, topology)
+    if factory.name == "nats":
+        from tidings.brokers.nats import NatsBroker
+
+        return NatsBroker(NATS_URL, topology)
+    from tidings.brokers.redis import RedisBroker
+
+    return RedisBroker(REDIS_URL, topology)

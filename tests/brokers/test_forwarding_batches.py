@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -33,9 +32,8 @@ from tidings.outbox.relay import Relay
 from tidings.outbox.retry import RetryPolicy, SubscriberPolicy
 from tidings.persistence.sqlite import sqlite_engine
 from tidings.testing.broker_contract import BrokerFactory
-from tidings.testing.services import require
 
-from .conftest import _FACTORIES
+from .conftest import declared_bus, make_broker
 
 
 @event(name="forwarding_batches.CrateShipped")
@@ -104,36 +102,9 @@ def last_position(engine: Engine) -> int:
 
 @pytest.fixture(params=["rabbitmq", "nats", "redis"])
 def bus(request: pytest.FixtureRequest, run_id: str) -> Iterator[tuple[BrokerFactory, Topology]]:
-    require(request.param)
-    factory: BrokerFactory = _FACTORIES[request.param]()
     topology = Topology(name=f"fwdb-{run_id}", groups=("yard",), partitions=2)
-
-    async def declare() -> None:
-        broker = await factory.create(topology)
-        try:
-            await broker.declare()
-        finally:
-            await broker.close()
-
-    asyncio.run(declare())
-    yield factory, topology
-    asyncio.run(factory.cleanup(topology))
-
-
-def make_broker(factory: BrokerFactory, topology: Topology) -> Any:
-    from tidings.testing import services
-
-    if factory.name == "rabbitmq":
-        from tidings.brokers.rabbitmq import RabbitMQBroker
-
-        return RabbitMQBroker(services.RABBITMQ_URL, topology)
-    if factory.name == "nats":
-        from tidings.brokers.nats import NatsBroker
-
-        return NatsBroker(services.NATS_URL, topology)
-    from tidings.brokers.redis import RedisBroker
-
-    return RedisBroker(services.REDIS_URL, topology)
+    with declared_bus(request.param, topology) as factory:
+        yield factory, topology
 
 
 def wiring(
