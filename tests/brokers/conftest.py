@@ -8,6 +8,7 @@ has them (Redis ``CLIENT KILL``) and aborting the client's socket otherwise.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 
 from tidings.brokers.memory import MemoryBroker, MemoryBrokerServer
-from tidings.brokers.port import Broker, Topology
+from tidings.brokers.port import Broker, Delivery, Topology
+from tidings.brokers.wire import decode_message
+from tidings.core.messages import StoredEvent
+from tidings.outbox.relay import Relay
 from tidings.testing.broker_contract import BrokerFactory
 from tidings.testing.services import NATS_URL, RABBITMQ_URL, REDIS_URL, require
 
@@ -208,3 +212,42 @@ def make_broker(factory: BrokerFactory, topology: Topology) -> Any:
     from tidings.brokers.redis import RedisBroker
 
     return RedisBroker(REDIS_URL, topology)
+
+
+def deliver(relay: Relay) -> None:
+    """Run the relay until nothing is left, delayed retries included (waited for in real time)."""
+    for _ in range(200):
+        relay.run_until_idle()
+        wait = relay.next_retry_in()
+        if wait is None:
+            return
+        time.sleep(wait + 0.005)
+    raise AssertionError("the relay never settled")
+
+
+def receive(
+    factory: BrokerFactory, topology: Topology, group: str, distinct: int
+) -> list[StoredEvent]:
+    """Everything ``group`` receives until ``distinct`` different events arrived (and a bit
+    longer, so that a duplicate would be among them)."""
+
+    async def consume() -> list[StoredEvent]:
+        broker = await factory.create(topology)
+        got: list[StoredEvent] = []
+        done = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            got.append(decode_message(delivery.headers, delivery.body))
+            if len({m.event_id for m in got}) >= distinct:
+                done.set()
+
+        consumer = await broker.consume(group, handler)
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+            await asyncio.sleep(0.3)  # anything extra would arrive now
+        finally:
+            await consumer.stop()
+            await broker.close()
+        return got
+
+    return asyncio.run(consume())

@@ -7,7 +7,6 @@ broker outage delays publication without losing or duplicating anything.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,9 +17,8 @@ from sqlalchemy import func, select
 
 from tidings import Aggregate, Handlers, event
 from tidings.brokers.forwarding import forward_to_bus
-from tidings.brokers.port import Delivery, Topology
+from tidings.brokers.port import Topology
 from tidings.brokers.publisher import BlockingBusPublisher
-from tidings.brokers.wire import decode_message
 from tidings.core.messages import StoredEvent
 from tidings.errors import BrokerUnavailable, PublishNotAllowed
 from tidings.integration.policy import PolicyGuard, PublishPolicy
@@ -33,7 +31,7 @@ from tidings.outbox.retry import RetryPolicy, SubscriberPolicy
 from tidings.persistence.sqlite import sqlite_engine
 from tidings.testing.broker_contract import BrokerFactory
 
-from .conftest import declared_bus, make_broker
+from .conftest import declared_bus, deliver, make_broker, receive
 
 
 @event(name="forwarding.ParcelPacked")
@@ -145,41 +143,6 @@ def commit(config: RelayConfig, parcel: Parcel, action: str, *args: Any) -> None
         uow.commit()
 
 
-def deliver(relay: Relay) -> None:
-    import time
-
-    for _ in range(200):
-        relay.run_until_idle()
-        wait = relay.next_retry_in()
-        if wait is None:
-            return
-        time.sleep(wait + 0.005)
-    raise AssertionError("the relay never settled")
-
-
-def receive(factory: BrokerFactory, topology: Topology, count: int) -> list[StoredEvent]:
-    async def consume() -> list[StoredEvent]:
-        broker = await factory.create(topology)
-        got: list[StoredEvent] = []
-        done = asyncio.Event()
-
-        async def handler(delivery: Delivery) -> None:
-            got.append(decode_message(delivery.headers, delivery.body))
-            if len(got) >= count:
-                done.set()
-
-        consumer = await broker.consume("shipping", handler)
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-            await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
-        finally:
-            await consumer.stop()
-            await broker.close()
-        return got
-
-    return asyncio.run(consume())
-
-
 def test_translated_events_reach_the_bus_signed_and_only_once(
     bus: tuple[BrokerFactory, Topology], tmp_path: Path
 ) -> None:
@@ -191,7 +154,7 @@ def test_translated_events_reach_the_bus_signed_and_only_once(
     deliver(relay)  # the first two publishes hit an outage and are retried
     assert publisher.calls == 3 + 2
 
-    got = receive(factory, topology, 6)
+    got = receive(factory, topology, "shipping", 6)
     assert sorted((m.event_type, m.event_version) for m in got) == sorted(
         [("public.parcels.ParcelReady", 1), ("public.parcels.ParcelReady", 2)] * 3
     )

@@ -8,9 +8,7 @@ subscriber's checkpoint moves only after that call returned; a failure half-way 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from sqlalchemy import Engine, func, select
 
 from tidings import Aggregate, Handlers, event
 from tidings.brokers.forwarding import forward_to_bus
-from tidings.brokers.port import Delivery, Topology
+from tidings.brokers.port import Topology
 from tidings.brokers.publisher import BlockingBusPublisher
-from tidings.brokers.wire import decode_message
 from tidings.core.messages import StoredEvent
 from tidings.errors import BrokerUnavailable
 from tidings.integration.translator import Translator, integration_event
@@ -33,7 +30,7 @@ from tidings.outbox.retry import RetryPolicy, SubscriberPolicy
 from tidings.persistence.sqlite import sqlite_engine
 from tidings.testing.broker_contract import BrokerFactory
 
-from .conftest import declared_bus, make_broker
+from .conftest import declared_bus, deliver, make_broker, receive
 
 
 @event(name="forwarding_batches.CrateShipped")
@@ -141,41 +138,6 @@ def ship(config: RelayConfig, count: int) -> None:
             uow.commit()
 
 
-def deliver(relay: Relay) -> None:
-    for _ in range(200):
-        relay.run_until_idle()
-        wait = relay.next_retry_in()
-        if wait is None:
-            return
-        time.sleep(wait + 0.005)
-    raise AssertionError("the relay never settled")
-
-
-def receive(factory: BrokerFactory, topology: Topology, distinct: int) -> list[StoredEvent]:
-    """Everything the group receives until ``distinct`` different events arrived (and a bit)."""
-
-    async def consume() -> list[StoredEvent]:
-        broker = await factory.create(topology)
-        got: list[StoredEvent] = []
-        done = asyncio.Event()
-
-        async def handler(delivery: Delivery) -> None:
-            got.append(decode_message(delivery.headers, delivery.body))
-            if len({m.event_id for m in got}) >= distinct:
-                done.set()
-
-        consumer = await broker.consume("yard", handler)
-        try:
-            await asyncio.wait_for(done.wait(), 30)
-            await asyncio.sleep(0.3)  # anything extra would arrive now
-        finally:
-            await consumer.stop()
-            await broker.close()
-        return got
-
-    return asyncio.run(consume())
-
-
 def shipped(messages: list[StoredEvent]) -> list[int]:
     """The distinct events received (by event id), as their seqs."""
     seqs = {m.event_id: json.loads(m.payload)["seq"] for m in messages}
@@ -200,7 +162,7 @@ def test_a_batch_is_one_confirmed_publish_and_the_checkpoint_moves_after_it(
     assert publisher.checkpoints == [(0, 0)]
     # ...it moved once the call returned, in the relay's transaction, past the whole batch.
     assert checkpoint(config.engine) == last_position(config.engine)
-    got = receive(factory, topology, 8)
+    got = receive(factory, topology, "yard", 8)
     assert len(got) == 8
     assert shipped(got) == list(range(8))
 
@@ -224,7 +186,7 @@ def test_a_failure_mid_batch_is_redelivered_event_by_event_without_loss(
     assert publisher.checkpoints == [(0, 0)] * 6
     assert checkpoint(config.engine) == last_position(config.engine)
     assert DeadLetters(config.engine).find() == []
-    got = receive(factory, topology, 6)
+    got = receive(factory, topology, "yard", 6)
     # Every event arrived; the 3 confirmed before the failure may arrive twice (same event id:
     # consumers' inboxes, and JetStream's duplicate window, drop the copy).
     assert shipped(got) == list(range(6))
