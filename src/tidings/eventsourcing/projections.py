@@ -48,9 +48,9 @@ from tidings.core.envelope import Envelope
 from tidings.errors import ConfigurationError
 from tidings.eventsourcing import plans
 from tidings.eventsourcing.execution import run
-from tidings.eventsourcing.records import utc
 from tidings.eventsourcing.tables import EventStoreSchema, default_schema
 from tidings.persistence.log import START, Checkpoint, after
+from tidings.persistence.values import as_utc
 
 ReadModel = dict[str, Table]
 
@@ -371,7 +371,7 @@ class ProjectionRunner:
             checkpoint=str(checkpoint),
             events_done=int(row.events_done),
             behind=self._behind(checkpoint),
-            updated_at=utc(row.updated_at).isoformat() if row.updated_at else None,
+            updated_at=as_utc(row.updated_at).isoformat() if row.updated_at else None,
         )
 
 

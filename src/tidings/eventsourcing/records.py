@@ -28,15 +28,6 @@ _headers_decoder = msgspec.json.Decoder(dict[str, str])
 _headers_encoder = msgspec.json.Encoder()
 
 
-def utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; naive values (SQLite hands them back) are taken as UTC already."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    if moment.tzinfo is UTC:
-        return moment
-    return moment.astimezone(UTC)
-
-
 def require_aware(moment: datetime, what: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{what} must be timezone-aware (got naive {moment.isoformat()})")
@@ -66,7 +57,7 @@ def envelope_row(envelope: Envelope[Any], codec: Codec) -> dict[str, Any]:
         "stream_id": envelope.stream_id,
         "stream_version": version,
         "previous_version": version - 1 if version > 1 else None,
-        "occurred_at": utc(envelope.occurred_at),
+        "occurred_at": as_utc(envelope.occurred_at),
         "correlation_id": envelope.correlation_id,
         "causation_id": envelope.causation_id,
         "producer": envelope.producer,
@@ -84,7 +75,7 @@ def stored_row(stored: StoredEvent, stream_id: str, stream_version: int) -> dict
         "stream_id": stream_id,
         "stream_version": stream_version,
         "previous_version": stream_version - 1 if stream_version > 1 else None,
-        "occurred_at": utc(stored.occurred_at),
+        "occurred_at": as_utc(stored.occurred_at),
         "correlation_id": stored.correlation_id,
         "causation_id": stored.causation_id,
         "producer": stored.producer,
@@ -120,7 +111,7 @@ def new_event_rows(
                 "stream_id": stream_id,
                 "stream_version": version,
                 "previous_version": version - 1 if version > 1 else None,
-                "occurred_at": utc(context.clock()),
+                "occurred_at": as_utc(context.clock()),
                 "correlation_id": context.correlation_id or event_id,
                 "causation_id": context.causation_id,
                 "producer": context.producer,
