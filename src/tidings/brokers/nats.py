@@ -25,7 +25,10 @@ Topology declared for a bus ``B`` with groups ``G``:
 
 The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch),
 gives it to a batch-capable handler (the inbox) at once and acknowledges it after the single
-commit; otherwise, or if the batch fails, message by message. A failed message is retried in
+commit; otherwise, or if the batch fails, message by message. JetStream numbers the deliveries
+of a consumer without gaps; a jump means one was sent but never received (a dropped connection),
+so the messages after it are handed back (a delayed nak) and the partition waits until the lost
+one is redelivered first, instead of letting them overtake it. A failed message is retried in
 place after a short pause (``in_progress`` keeps JetStream from redelivering it meanwhile), up
 to ``max_deliveries``, then dead-lettered.
 
@@ -381,6 +384,7 @@ class _NatsConsumer:
         self._releasing: set[int] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         topology = self.broker.topology
@@ -481,17 +485,23 @@ class _NatsConsumer:
         topology = broker.topology
         durable = durable_name(self.group, partition)
         subscription = self._subscriptions[partition]
+        #: The consumer sequence of the next delivery, when known: JetStream numbers every
+        #: delivery of this durable consumer (redeliveries too) 1, 2, 3, ..., so a jump means
+        #: a delivery we never received.
+        expected: int | None = None
         try:
             info = await broker.js.consumer_info(topology.name, durable)
             if info.num_ack_pending:
                 # A predecessor died holding messages: wait until JetStream gives them back
                 # (after ack_wait), so they are fetched before anything newer.
-                await asyncio.sleep(topology.redelivery_after)
+                await self._pause(topology.redelivery_after)
+            else:
+                expected = info.delivered.consumer_seq + 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("consumer info for %s failed: %r", durable, exc)
-            await asyncio.sleep(topology.redelivery_after)
+            await self._pause(topology.redelivery_after)
         while not self._stopping and partition not in self._releasing:
             try:
                 messages = await subscription.fetch(batch=topology.prefetch, timeout=FETCH_WAIT)
@@ -504,13 +514,48 @@ class _NatsConsumer:
                 log.warning("fetch from %s failed: %r", durable, exc)
                 await asyncio.sleep(FETCH_WAIT)
                 continue
-            deliveries = [_delivery(message, partition) for message in messages]
-            if await self.batches.run(deliveries):
-                for message in messages:
-                    await self._settle(message.ack())
-                continue
-            for message, delivery in zip(messages, deliveries, strict=True):
-                await self._handle_one(message, delivery)
+            sequences = [message.metadata.sequence.consumer for message in messages]
+            in_order = deliveries_in_order(sequences, expected)
+            if in_order:
+                await self._handle_batch(messages[:in_order], partition)
+                expected = sequences[in_order - 1] + 1
+            if in_order < len(messages):
+                await self._wait_for_lost_delivery(messages[in_order:], durable)
+                expected = None  # the redeliveries are numbered anew
+
+    async def _handle_batch(self, messages: Sequence[Any], partition: int) -> None:
+        deliveries = [_delivery(message, partition) for message in messages]
+        if await self.batches.run(deliveries):
+            for message in messages:
+                await self._settle(message.ack())
+            return
+        for message, delivery in zip(messages, deliveries, strict=True):
+            await self._handle_one(message, delivery)
+
+    async def _wait_for_lost_delivery(self, overtaking: Sequence[Any], durable: str) -> None:
+        """A delivery this consumer never received (sent while the connection dropped, or into
+        a pull request that had given up) is pending at the server, and ``overtaking`` came after
+        it. Handling them now would break the stream's order, and JetStream redelivers the lost
+        one only when its ack_wait runs out. So hand them back to come again after that
+        (a delayed nak) and stop fetching until then: the server puts expired deliveries back in
+        sequence order, so the lost one is fetched first, then these."""
+        topology = self.broker.topology
+        log.warning(
+            "%s: a delivery was lost in transit; holding %d later message(s) back for %.1fs so "
+            "that it is redelivered first",
+            durable,
+            len(overtaking),
+            topology.redelivery_after,
+        )
+        for message in overtaking:
+            await self._settle(message.nak(delay=topology.redelivery_after))
+        # A little past the delayed naks' expiry, so they and the lost one are all due again.
+        await self._pause(topology.redelivery_after * 1.2 + 0.1)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the consumer stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     async def _handle_one(self, message: Any, delivery: Delivery) -> None:
         topology = self.broker.topology
@@ -543,6 +588,7 @@ class _NatsConsumer:
     async def stop(self) -> None:
         """Stop fetching; handlers in flight finish and are acked; the leases are given back."""
         self._stopping = True
+        self._stopped.set()
         if self._lease_task is not None:
             self._lease_task.cancel()
             await asyncio.gather(self._lease_task, return_exceptions=True)
@@ -564,10 +610,22 @@ class _NatsConsumer:
 
     def abandon(self) -> None:
         self._stopping = True
+        self._stopped.set()
         if self._lease_task is not None:
             self._lease_task.cancel()
         for task, _ in self._partitions.values():
             task.cancel()
+
+
+def deliveries_in_order(sequences: Sequence[int], expected: int | None) -> int:
+    """How many of a fetch's deliveries (their consumer sequences) follow on without a gap,
+    counting from ``expected`` when it is known."""
+    following = expected if expected is not None else (sequences[0] if sequences else 0)
+    for count, sequence in enumerate(sequences):
+        if sequence != following:
+            return count
+        following += 1
+    return len(sequences)
 
 
 def _delivery(message: Any, partition: int) -> Delivery:
