@@ -210,7 +210,8 @@ class TidingsSide:
                 conn.execute(sql_insert(default_schema.snapshots), [row])
 
     def load(self, id: str, snapshot: bool) -> int:
-        return self.store.load(Account, id, use_snapshots=snapshot).version
+        # Replay (or snapshot + tail) measured as such: not served by the aggregate cache.
+        return self.store.load(Account, id, use_snapshots=snapshot, use_cache=False).version
 
     def catch_up(self) -> int:
         return ProjectionRunner(self.engine, Balances(), page_size=1000).catch_up()

@@ -20,7 +20,7 @@ class SqliteOpener:
     path: Path
 
     def __call__(self) -> EventStore:
-        return EventStore(sqlite_engine(self.path))
+        return EventStore(sqlite_engine(self.path), cache=None)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class PostgresOpener:
         return create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={self.schema}"})
 
     def __call__(self) -> EventStore:
-        return EventStore(self.engine())
+        return EventStore(self.engine(), cache=None)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

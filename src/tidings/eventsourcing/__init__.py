@@ -7,6 +7,7 @@ projections follow it directly.
 
 from __future__ import annotations
 
+from tidings.eventsourcing.cache import AggregateCache
 from tidings.eventsourcing.projections import (
     AsyncProjectionRunner,
     Progress,
@@ -28,6 +29,7 @@ from tidings.persistence.log import START, Checkpoint
 
 __all__ = [
     "START",
+    "AggregateCache",
     "AsyncEventSourcedRepository",
     "AsyncEventStore",
     "AsyncProjectionRunner",

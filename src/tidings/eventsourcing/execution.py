@@ -48,17 +48,27 @@ class Query:
 Plan = Generator[Query, Sequence[Any], T]
 
 
-def run(target: Connection | Session, plan: Plan[T]) -> T:
-    """Run ``plan`` on a synchronous connection or session (inside its current transaction)."""
+def run(target: Connection | Session, plan: Plan[T], *, autocommit: bool = False) -> T:
+    """Run ``plan`` on a synchronous connection or session (inside its current transaction).
+
+    With ``autocommit``, on a connection with no transaction open, the plan's direct queries
+    run as statements of their own instead of beginning one (for reads that need no
+    transaction: the stored events never change).
+    """
     query: Query | None = None
     connection = target.connection() if isinstance(target, Session) else target
     try:
         query = next(plan)
         while True:
             if query.direct:
-                query = plan.send(
-                    execute_direct(connection, query.statement, query.params, fetch=query.fetch)
+                rows = execute_direct(
+                    connection,
+                    query.statement,
+                    query.params,
+                    fetch=query.fetch,
+                    autocommit=autocommit,
                 )
+                query = plan.send(rows)
                 continue
             result = connection.execute(query.statement, query.params)
             query = plan.send(result.all() if query.fetch else ())

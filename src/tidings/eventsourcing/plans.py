@@ -367,12 +367,24 @@ def load(
     at_version: int | None = None,
     as_of: datetime | None = None,
     use_snapshots: bool = True,
+    start: A | None = None,
 ) -> Plan[A]:
     """Rebuild aggregate ``id``: latest usable snapshot, then the events after it.
 
     ``at_version`` and ``as_of`` (a timezone-aware moment) give the state as it was then.
+    ``start`` (its current state, from the aggregate cache) is brought up to date with the
+    events after its version instead.
     """
     stream_id = stream_id_of(cls, id)
+    if start is not None:
+        rows = yield Query(
+            statements(schema).replay,
+            {"stream_id": stream_id, "after": start.version, "upto": LAST_VERSION},
+            direct=True,
+        )
+        if rows:
+            replay_rows(start, stream_id, rows, codec)
+        return start
     events = schema.events
     if at_version is not None:
         _positive(at_version, "at_version")
@@ -391,7 +403,6 @@ def load(
 
     prebuilt = statements(schema)
     upto = at_version if at_version is not None else LAST_VERSION
-    start: A | None = None
     if use_snapshots and hasattr(cls, "from_snapshot"):
         found = yield Query(prebuilt.snapshot, {"stream_id": stream_id, "upto": upto}, direct=True)
         if found:

@@ -36,6 +36,7 @@ from tidings.core.codec import Codec, default_codec
 from tidings.core.commit import CommitBatch
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.eventsourcing import plans
+from tidings.eventsourcing.cache import DEFAULT, AggregateCache, cache_option
 from tidings.eventsourcing.execution import Params, Plan, conflict_among, run, run_async
 from tidings.eventsourcing.snapshots import SnapshotPolicy
 from tidings.eventsourcing.tables import EventStoreSchema, default_schema
@@ -46,7 +47,12 @@ A = TypeVar("A", bound=EventSourcedAggregate)
 
 
 class EventStoreParticipant:
-    """Appends event-sourced aggregates' pending events in the unit of work's transaction."""
+    """Appends event-sourced aggregates' pending events in the unit of work's transaction.
+
+    ``cache``: the :class:`~tidings.eventsourcing.cache.AggregateCache` the repositories load
+    from (a private one of the default size unless given; None for none). It gets a copy of
+    every event-sourced aggregate of a unit of work that committed.
+    """
 
     def __init__(
         self,
@@ -54,10 +60,12 @@ class EventStoreParticipant:
         *,
         codec: Codec | None = None,
         snapshots: SnapshotPolicy | None = None,
+        cache: AggregateCache | None = DEFAULT,
     ) -> None:
         self.schema = schema if schema is not None else default_schema
         self.codec = codec if codec is not None else default_codec
         self.snapshots = snapshots
+        self.cache = cache_option(cache)
         self._appends: ContextVar[tuple[tuple[str, int], ...]] = ContextVar(
             f"tidings_appends_{id(self)}", default=()
         )
@@ -73,6 +81,10 @@ class EventStoreParticipant:
 
     def translate(self, error: DBAPIError) -> TidingsError | None:
         return conflict_among(error, self.schema.events.name, self._appends.get())
+
+    def after_commit(self, batch: CommitBatch) -> None:
+        if self.cache is not None:
+            self.cache.keep(batch.aggregates)
 
 
 def _tracked(aggregates: Iterable[Aggregate], cls: type[A], id: Any) -> A | None:
@@ -110,8 +122,15 @@ class _Repository:
 
     def _plan(
         self, cls: type[A], id: Any, at_version: int | None, as_of: datetime | None
-    ) -> Plan[A]:
+    ) -> Plan[A] | A:
+        """How to load: a plan to run, or the cached aggregate itself when the cache trusts
+        its entries (no read at all)."""
         p = self.participant
+        cached = None
+        if p.cache is not None and at_version is None and as_of is None:
+            cached = p.cache.take(cls, plans.stream_id_of(cls, id))
+            if cached is not None and not p.cache.fast_forward:
+                return cached
         return plans.load(
             p.schema,
             p.codec,
@@ -120,6 +139,7 @@ class _Repository:
             at_version=at_version,
             as_of=as_of,
             use_snapshots=p.snapshots is not None,
+            start=cached,
         )
 
     def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
@@ -154,8 +174,13 @@ class EventSourcedRepository(_Repository):
         if found is not None:
             return found
         plan = self._plan(cls, id, at_version, as_of)
+        if isinstance(plan, EventSourcedAggregate):
+            return self._loaded(plan, at_version, as_of)
         connection = self.uow.connection_for(self.participant.schema.events)
-        return self._loaded(run(connection, plan), at_version, as_of)
+        # Outside the transaction if none has begun: stored events never change, and the
+        # append is checked by the constraints; a unit of work that then writes one statement
+        # needs no transaction round trips at all.
+        return self._loaded(run(connection, plan, autocommit=True), at_version, as_of)
 
 
 class AsyncEventSourcedRepository(_Repository):
@@ -178,4 +203,6 @@ class AsyncEventSourcedRepository(_Repository):
         if found is not None:
             return found
         plan = self._plan(cls, id, at_version, as_of)
+        if isinstance(plan, EventSourcedAggregate):
+            return self._loaded(plan, at_version, as_of)
         return self._loaded(await run_async(self.uow.session, plan), at_version, as_of)

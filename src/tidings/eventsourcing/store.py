@@ -27,6 +27,7 @@ from tidings.core.codec import Codec, default_codec
 from tidings.core.commit import CommitBatch
 from tidings.errors import ConcurrencyError
 from tidings.eventsourcing import plans
+from tidings.eventsourcing.cache import DEFAULT, AggregateCache, cache_option
 from tidings.eventsourcing.execution import Plan, run, run_async
 from tidings.eventsourcing.records import LogEntry, LogPage
 from tidings.eventsourcing.snapshots import SnapshotPolicy
@@ -44,15 +45,51 @@ class _StoreConfig:
         schema: EventStoreSchema | None,
         codec: Codec | None,
         snapshots: SnapshotPolicy | None,
+        cache: AggregateCache | None,
     ) -> None:
         self.schema = schema if schema is not None else default_schema
         self.codec = codec if codec is not None else default_codec
         self.snapshots = snapshots
+        self.cache = cache_option(cache)
 
-    @staticmethod
-    def _finish_save(batch: CommitBatch) -> None:
+    def _finish_save(self, batch: CommitBatch) -> None:
         for aggregate in batch.aggregates:
             aggregate._committed(batch.last_sequence)
+        if self.cache is not None:
+            self.cache.keep(batch.aggregates)
+
+    def _load_plan(
+        self,
+        cls: type[A],
+        id: Any,
+        at_version: int | None,
+        as_of: datetime | None,
+        use_snapshots: bool,
+        use_cache: bool,
+    ) -> Plan[A] | A:
+        """The plan that loads the aggregate, or the cached aggregate itself (see
+        :mod:`.cache`)."""
+        cached = None
+        if self.cache is not None and use_cache and at_version is None and as_of is None:
+            cached = self.cache.take(cls, plans.stream_id_of(cls, id))
+            if cached is not None and not self.cache.fast_forward:
+                return cached
+        return plans.load(
+            self.schema,
+            self.codec,
+            cls,
+            id,
+            at_version=at_version,
+            as_of=as_of,
+            use_snapshots=use_snapshots,
+            start=cached,
+        )
+
+    def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
+        # The caller owns what it loaded; the cache keeps a copy of the current state.
+        if self.cache is not None and at_version is None and as_of is None:
+            self.cache.keep([aggregate])
+        return aggregate
 
 
 class EventStore(_StoreConfig):
@@ -65,8 +102,9 @@ class EventStore(_StoreConfig):
         schema: EventStoreSchema | None = None,
         codec: Codec | None = None,
         snapshots: SnapshotPolicy | None = None,
+        cache: AggregateCache | None = DEFAULT,
     ) -> None:
-        super().__init__(schema, codec, snapshots)
+        super().__init__(schema, codec, snapshots, cache)
         self.engine = engine
 
     def create_tables(self) -> None:
@@ -173,19 +211,14 @@ class EventStore(_StoreConfig):
         at_version: int | None = None,
         as_of: datetime | None = None,
         use_snapshots: bool = True,
+        use_cache: bool = True,
     ) -> A:
-        """The aggregate now, at a stream version, or as of a moment."""
-        return self._read(
-            plans.load(
-                self.schema,
-                self.codec,
-                cls,
-                id,
-                at_version=at_version,
-                as_of=as_of,
-                use_snapshots=use_snapshots,
-            )
-        )
+        """The aggregate now, at a stream version, or as of a moment.
+
+        ``use_snapshots=False`` and ``use_cache=False`` replay the whole stream."""
+        plan = self._load_plan(cls, id, at_version, as_of, use_snapshots, use_cache)
+        loaded = plan if isinstance(plan, EventSourcedAggregate) else self._read(plan)
+        return self._loaded(loaded, at_version, as_of)
 
 
 class AsyncEventStore(_StoreConfig):
@@ -198,8 +231,9 @@ class AsyncEventStore(_StoreConfig):
         schema: EventStoreSchema | None = None,
         codec: Codec | None = None,
         snapshots: SnapshotPolicy | None = None,
+        cache: AggregateCache | None = DEFAULT,
     ) -> None:
-        super().__init__(schema, codec, snapshots)
+        super().__init__(schema, codec, snapshots, cache)
         self.engine = engine
 
     async def create_tables(self) -> None:
@@ -301,15 +335,8 @@ class AsyncEventStore(_StoreConfig):
         at_version: int | None = None,
         as_of: datetime | None = None,
         use_snapshots: bool = True,
+        use_cache: bool = True,
     ) -> A:
-        return await self._read(
-            plans.load(
-                self.schema,
-                self.codec,
-                cls,
-                id,
-                at_version=at_version,
-                as_of=as_of,
-                use_snapshots=use_snapshots,
-            )
-        )
+        plan = self._load_plan(cls, id, at_version, as_of, use_snapshots, use_cache)
+        loaded = plan if isinstance(plan, EventSourcedAggregate) else await self._read(plan)
+        return self._loaded(loaded, at_version, as_of)

@@ -124,10 +124,17 @@ def execute_direct(
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     *,
     fetch: bool = True,
+    autocommit: bool = False,
 ) -> list[Any]:
     """Run ``statement`` with ``params`` (one mapping, or a list for executemany) on
-    ``connection``'s driver cursor, in its transaction; returns the rows (if ``fetch``)."""
-    if not connection.in_transaction():
+    ``connection``'s driver cursor, in its transaction; returns the rows (if ``fetch``).
+
+    With ``autocommit``, a connection that has no transaction open runs the statement as one
+    of its own (see :func:`can_autocommit`) instead of beginning one: no ``BEGIN`` and
+    ``COMMIT`` round trips. Only for a statement that is the whole of its transaction.
+    """
+    standalone = autocommit and not connection.in_transaction() and can_autocommit(connection)
+    if not standalone and not connection.in_transaction():
         connection.begin()
     rows: Sequence[Mapping[str, Any]] = params if isinstance(params, Sequence) else [params or {}]
     if not rows:
@@ -137,6 +144,10 @@ def execute_direct(
     many = len(rows) > 1
     compiled = _compile(statement, connection, tuple(rows[0]))
     bound: Any = [_bound(compiled, row) for row in rows] if many else _bound(compiled, rows[0])
+    driver = connection.connection.dbapi_connection
+    switch = standalone and getattr(driver, "autocommit", True) is False
+    if switch:
+        driver.autocommit = True  # type: ignore[union-attr]
     cursor = connection.connection.cursor()
     try:
         if many:
@@ -148,6 +159,23 @@ def execute_direct(
         raise _wrapped(connection, compiled.sql, bound, exc, cursor) from exc
     finally:
         cursor.close()
+        if switch and not connection.invalidated:
+            driver.autocommit = False  # type: ignore[union-attr]
+
+
+def can_autocommit(connection: Connection) -> bool:
+    """Whether a statement can run on ``connection``'s driver as a transaction of its own:
+    psycopg (its ``autocommit`` switch is client-side, no round trip) and SQLite connections
+    whose driver leaves transactions to the caller (``isolation_level = None``, as
+    :func:`tidings.persistence.sqlite.sqlite_engine` sets it; a driver in its default mode
+    would open a transaction implicitly and leave it open)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        return connection.dialect.driver == "psycopg"
+    if name == "sqlite":
+        driver = connection.connection.dbapi_connection
+        return getattr(driver, "isolation_level", "") is None
+    return False
 
 
 def _wrapped(connection: Connection, sql: str, params: Any, error: Any, cursor: Any) -> Exception:

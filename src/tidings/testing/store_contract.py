@@ -4,14 +4,16 @@ A store (tidings' own SQLite and PostgreSQL stores, or a third-party one) proves
 subclassing :class:`EventStoreContract` in its test suite and providing an ``event_store``
 fixture: a fresh, empty store with the interface of :class:`tidings.eventsourcing.EventStore`
 (``append``, ``save``, ``load``, ``read_stream``, ``read_log``, ``iter_log``,
-``current_version`` and a writable ``snapshots`` attribute)::
+``current_version`` and writable ``snapshots`` and ``cache`` attributes), made without an
+aggregate cache (``cache=None``), so that every load reads what is stored; the tests of the
+cache set one::
 
     from tidings.testing.store_contract import EventStoreContract
 
     class TestMyStore(EventStoreContract):
         @pytest.fixture
         def event_store(self, tmp_path):
-            store = MyStore(...)
+            store = MyStore(..., cache=None)
             store.create_tables()
             return store
 

@@ -1,0 +1,112 @@
+"""Recently committed aggregates kept in memory, so that loading one needs no replay.
+
+Loading an event-sourced aggregate means reading its stream and applying every event (or a
+snapshot and the events after it). Commands mostly touch aggregates this process touched a
+moment ago, so the event store keeps a private copy of each aggregate it has just committed (or
+loaded and committed unchanged), up to ``maxsize`` of them, least recently used first out.
+
+A load takes the copy out of the cache (no other unit of work can get the same object) and, with
+``fast_forward`` (the default), applies whatever was appended to its stream since: one indexed
+read that normally finds nothing. So the aggregate is exactly what a full replay gives, even when
+other processes write the same streams. Without ``fast_forward`` the read is skipped too; use it
+only when this process is the only writer of these streams, since an entry made stale by another
+writer then surfaces as a :class:`~tidings.errors.ConcurrencyError` on save (the entry is gone by
+then, so the retry loads afresh).
+
+A commit that fails puts nothing back: the aggregate's state may hold what the failed command
+applied. The copy is taken after the commit (``copy.deepcopy``), so the caller keeps its own
+object and nothing it does later reaches the cache. An aggregate that cannot be copied is simply
+not cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from tidings.core.aggregate import Aggregate, EventSourcedAggregate
+
+A = TypeVar("A", bound=EventSourcedAggregate)
+
+log = logging.getLogger("tidings.eventsourcing.cache")
+
+#: Aggregates kept by default: a few megabytes for typical small aggregates.
+DEFAULT_CACHE_SIZE = 10_000
+
+
+class AggregateCache:
+    """Up to ``maxsize`` committed aggregates by stream id (see the module docstring)."""
+
+    def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE, *, fast_forward: bool = True) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ValueError(f"maxsize must be an integer >= 1, got {maxsize!r}")
+        self.maxsize = maxsize
+        self.fast_forward = fast_forward
+        self._entries: OrderedDict[str, EventSourcedAggregate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, cls: type[A], stream_id: str) -> A | None:
+        """The cached aggregate of ``stream_id``, removed from the cache; None if there is
+        none of class ``cls``."""
+        with self._lock:
+            found = self._entries.pop(stream_id, None)
+        if type(found) is not cls:
+            return None
+        return found
+
+    def keep(self, aggregates: Iterable[Aggregate]) -> None:
+        """Cache a copy of each committed event-sourced aggregate (one with stored events and
+        nothing pending)."""
+        for aggregate in aggregates:
+            if (
+                not isinstance(aggregate, EventSourcedAggregate)
+                or not aggregate.version
+                or aggregate._pending_list()
+            ):
+                continue
+            stream_id = aggregate.stream_id
+            try:
+                kept = copy.deepcopy(aggregate)
+            except Exception as exc:  # holds something uncopyable: just not cached
+                log.debug("not caching %s: %r", stream_id, exc)
+                self.discard(stream_id)
+                continue
+            with self._lock:
+                self._entries[stream_id] = kept
+                self._entries.move_to_end(stream_id)
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+
+    def discard(self, stream_id: str) -> None:
+        with self._lock:
+            self._entries.pop(stream_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<a new AggregateCache>"
+
+
+#: Stands for "a cache of the default size, private to this store" in signatures.
+DEFAULT: Any = _Default()
+
+
+def cache_option(cache: AggregateCache | None) -> AggregateCache | None:
+    """The cache a store or participant uses: a new default one for :data:`DEFAULT`, the one
+    given, or None for none."""
+    if cache is DEFAULT:
+        return AggregateCache()
+    if cache is not None and not isinstance(cache, AggregateCache):
+        raise TypeError(f"cache must be an AggregateCache or None, got {cache!r}")
+    return cache

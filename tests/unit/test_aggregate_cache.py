@@ -1,0 +1,79 @@
+"""The aggregate cache on its own (no database): what it keeps, hands out and forgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings.eventsourcing.cache import DEFAULT, AggregateCache, cache_option
+from tidings.testing.store_contract import ContractAccount
+
+
+def committed(id: str, deposits: int = 0) -> ContractAccount:
+    account = ContractAccount.open(id, "ann")
+    for _ in range(deposits):
+        account.deposit(1)
+    account._committed(account._pending_list()[-1][0])
+    return account
+
+
+def test_take_hands_out_a_copy_once() -> None:
+    cache = AggregateCache()
+    account = committed("a", deposits=2)
+    cache.keep([account])
+    taken = cache.take(ContractAccount, "ContractAccount-a")
+    assert taken is not None and taken is not account
+    assert taken.state() == account.state()
+    assert cache.take(ContractAccount, "ContractAccount-a") is None, "taken out, not shared"
+
+
+def test_only_committed_event_sourced_aggregates_are_kept() -> None:
+    cache = AggregateCache()
+    pending = ContractAccount.open("p", "ann")  # recorded, not committed
+    blank = ContractAccount.blank("b")  # nothing stored yet
+    cache.keep([pending, blank, object()])  # type: ignore[list-item]
+    assert len(cache) == 0
+
+
+def test_another_class_with_the_same_stream_is_a_miss() -> None:
+    class Other(ContractAccount):
+        stream_category = "ContractAccount"
+
+    cache = AggregateCache()
+    cache.keep([committed("a")])
+    assert cache.take(Other, "ContractAccount-a") is None
+
+
+def test_the_least_recently_kept_go_first() -> None:
+    cache = AggregateCache(maxsize=2)
+    cache.keep([committed("a"), committed("b")])
+    cache.keep([committed("a", deposits=1)])  # a is fresh again
+    cache.keep([committed("c")])
+    assert len(cache) == 2
+    assert cache.take(ContractAccount, "ContractAccount-b") is None
+    kept = cache.take(ContractAccount, "ContractAccount-a")
+    assert kept is not None and kept.version == 2
+
+
+def test_discard_and_clear() -> None:
+    cache = AggregateCache()
+    cache.keep([committed("a"), committed("b")])
+    cache.discard("ContractAccount-a")
+    assert cache.take(ContractAccount, "ContractAccount-a") is None
+    cache.clear()
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True, "10"])
+def test_bad_sizes_are_refused(size: object) -> None:
+    with pytest.raises(ValueError, match="maxsize"):
+        AggregateCache(size)  # type: ignore[arg-type]
+
+
+def test_the_cache_option() -> None:
+    made = cache_option(DEFAULT)
+    assert isinstance(made, AggregateCache) and made.fast_forward
+    assert cache_option(None) is None
+    mine = AggregateCache(5)
+    assert cache_option(mine) is mine
+    with pytest.raises(TypeError, match="AggregateCache or None"):
+        cache_option({})  # type: ignore[arg-type]
