@@ -77,3 +77,15 @@ def test_the_cache_option() -> None:
     assert cache_option(mine) is mine
     with pytest.raises(TypeError, match="AggregateCache or None"):
         cache_option({})  # type: ignore[arg-type]
+
+
+def test_an_aggregate_pickle_cannot_name_is_deep_copied_instead() -> None:
+    class Local(ContractAccount):  # defined in a function: pickle cannot find it by name
+        stream_category = "Local"
+
+    account = Local.open("l", "ann")
+    account._committed(account._pending_list()[-1][0])
+    cache = AggregateCache()
+    cache.keep([account])
+    taken = cache.take(Local, "Local-l")
+    assert taken is not None and taken is not account and taken.state() == account.state()

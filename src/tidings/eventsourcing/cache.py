@@ -14,7 +14,7 @@ writer then surfaces as a :class:`~tidings.errors.ConcurrencyError` on save (the
 then, so the retry loads afresh).
 
 A commit that fails puts nothing back: the aggregate's state may hold what the failed command
-applied. The copy is taken after the commit (``copy.deepcopy``), so the caller keeps its own
+applied. The copy is taken after the commit (a deep copy), so the caller keeps its own
 object and nothing it does later reaches the cache. An aggregate that cannot be copied is simply
 not cached.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -73,7 +74,7 @@ class AggregateCache:
                 continue
             stream_id = aggregate.stream_id
             try:
-                kept = copy.deepcopy(aggregate)
+                kept = _copy(aggregate)
             except Exception as exc:  # holds something uncopyable: just not cached
                 log.debug("not caching %s: %r", stream_id, exc)
                 self.discard(stream_id)
@@ -91,6 +92,16 @@ class AggregateCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def _copy(aggregate: EventSourcedAggregate) -> EventSourcedAggregate:
+    """A deep copy: through pickle when the aggregate allows it (its C implementation copies a
+    small aggregate in about half the time ``copy.deepcopy`` takes), else ``deepcopy``."""
+    try:
+        copied = pickle.loads(pickle.dumps(aggregate, pickle.HIGHEST_PROTOCOL))
+    except Exception:  # a class pickle cannot name (defined in a function), a lambda inside...
+        return copy.deepcopy(aggregate)
+    return copied  # type: ignore[no-any-return]
 
 
 class _Default:
