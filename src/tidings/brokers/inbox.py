@@ -33,9 +33,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from uuid import UUID
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, insert
+from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -104,6 +103,22 @@ def _insert_new(dialect: str) -> Any:
 
 _INSERTS: dict[str, Any] = {}
 
+#: A batch's inbox rows on PostgreSQL: the ids and types travel as two arrays, so the statement
+#: text is the same for every batch size. Its parsing is then cached by the driver (and the
+#: statement prepared by the server), where a multi-row VALUES list with a placeholder per field
+#: is new text for each size, converted again for every batch (a cost per message).
+_INSERT_UNNESTED = text(
+    f"INSERT INTO {inbox_table.name} (consumer, message_id, event_type, handled_at)"
+    " SELECT :consumer, m.message_id, m.event_type, :handled_at"
+    " FROM unnest(CAST(:message_ids AS VARCHAR[]), CAST(:event_types AS VARCHAR[]))"
+    " AS m(message_id, event_type)"
+    " ON CONFLICT DO NOTHING RETURNING message_id"
+).bindparams(
+    bindparam("message_ids", type_=postgresql.ARRAY(String)),
+    bindparam("event_types", type_=postgresql.ARRAY(String)),
+    bindparam("handled_at", type_=DateTime(timezone=True)),
+)
+
 
 class InboxConsumer:
     """A broker handler that makes ``handler`` idempotent (see the module docstring)."""
@@ -166,10 +181,11 @@ class InboxConsumer:
         decoded = [self.read(delivery) for delivery in deliveries]
         new: list[Envelope[Any]] = []
         async with self.sessions() as session, session.begin():
-            fresh = await self._record_many(session, [stored for stored, _ in decoded])
-            for stored, envelope in decoded:
-                if stored.event_id in fresh:
-                    fresh.discard(stored.event_id)  # the same message twice in one batch
+            ids = [str(stored.event_id) for stored, _ in decoded]
+            fresh = await self._record_many(session, ids, [stored for stored, _ in decoded])
+            for message_id, (_, envelope) in zip(ids, decoded, strict=True):
+                if message_id in fresh:
+                    fresh.discard(message_id)  # the same message twice in one batch
                     new.append(envelope)
             handler = self.handler
             if isinstance(handler, BatchEnvelopeHandler) and len(new) > 1:
@@ -181,27 +197,43 @@ class InboxConsumer:
         self.duplicates += len(decoded) - len(new)
 
     async def _record_many(
-        self, session: AsyncSession, messages: Sequence[StoredEvent]
-    ) -> set[UUID]:
-        """Insert the inbox rows of several messages; the ids that were not there before."""
+        self, session: AsyncSession, ids: Sequence[str], messages: Sequence[StoredEvent]
+    ) -> set[str]:
+        """Insert the inbox rows of several messages (``ids`` are their message ids, as text);
+        return the ids that were not there before."""
         dialect = session.get_bind().dialect.name
-        if dialect not in ("postgresql", "sqlite"):
-            return {m.event_id for m in messages if await self._record(session, m)}
         now = datetime.now(UTC)
-        rows = {
-            m.event_id: {
-                "consumer": self.name,
-                "message_id": str(m.event_id),
-                "event_type": m.event_type,
-                "handled_at": now,
-            }
-            for m in messages
-        }
         # In id order, so that two transactions inserting overlapping rows (redeliveries racing
         # on two consumers) take the row locks in the same order instead of deadlocking.
-        ordered = [rows[event_id] for event_id in sorted(rows)]
-        result = await session.execute(_insert_new(dialect), ordered)
-        return {UUID(message_id) for message_id in result.scalars()}
+        ordered = sorted(zip(ids, (m.event_type for m in messages), strict=True))
+        if dialect == "postgresql":
+            result = await session.execute(
+                _INSERT_UNNESTED,
+                {
+                    "consumer": self.name,
+                    "message_ids": [message_id for message_id, _ in ordered],
+                    "event_types": [event_type for _, event_type in ordered],
+                    "handled_at": now,
+                },
+            )
+            return set(result.scalars())
+        if dialect == "sqlite":
+            rows = [
+                {
+                    "consumer": self.name,
+                    "message_id": message_id,
+                    "event_type": event_type,
+                    "handled_at": now,
+                }
+                for message_id, event_type in ordered
+            ]
+            result = await session.execute(_insert_new(dialect), rows)
+            return set(result.scalars())
+        return {
+            message_id
+            for message_id, message in zip(ids, messages, strict=True)
+            if await self._record(session, message)
+        }
 
     async def _record(self, session: AsyncSession, stored: StoredEvent) -> bool:
         """Insert the inbox row; False if this consumer already handled the message."""

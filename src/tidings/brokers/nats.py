@@ -32,8 +32,9 @@ one is redelivered first, instead of letting them overtake it. A failed message 
 place after a short pause (``in_progress`` keeps JetStream from redelivering it meanwhile), up
 to ``max_deliveries``, then dead-lettered.
 
-Publishing sends every message of a batch with ``publish_async`` and waits for all the
-acknowledgements (``PubAck``); an error in any of them raises.
+Publishing sends every message of a batch at once, each with its own reply subject, and waits
+until JetStream has acknowledged every one (:mod:`tidings.brokers.nats_confirms`); a refusal of
+any of them raises.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from tidings.brokers.nats_confirms import PublishAcks
 from tidings.brokers.port import (
     Delivery,
     GroupCommit,
@@ -60,7 +62,7 @@ from tidings.brokers.port import (
     retry_pause,
     run_handler,
 )
-from tidings.brokers.wire import encode_headers, normalize_headers
+from tidings.brokers.wire import HEADERS, encode_headers, normalize_headers
 from tidings.core.messages import StoredEvent
 from tidings.errors import (
     BrokerError,
@@ -81,6 +83,9 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
     ) from missing
 
 log = logging.getLogger("tidings.brokers.nats")
+
+#: JetStream refuses the message unless the subject belongs to this stream.
+EXPECTED_STREAM = "Nats-Expected-Stream"
 
 #: How long one pull request waits for messages before asking again (and noticing a stop).
 FETCH_WAIT = 1.0
@@ -170,7 +175,9 @@ class NatsBroker:
         self.connection_name = connection_name or f"tidings:{topology.name}"
         self._client: Any = None
         self._js: Any = None
+        self._acks: PublishAcks | None = None
         self._consumers: list[_NatsConsumer] = []
+        self._subjects = [partition_subject(topology, i) for i in range(topology.partitions)]
 
     async def connect(self) -> None:
         if self._client is not None:
@@ -216,7 +223,7 @@ class NatsBroker:
 
     async def _drop_client(self) -> None:
         if self._client is not None:
-            client, self._client, self._js = self._client, None, None
+            client, self._client, self._js, self._acks = self._client, None, None, None
             with contextlib.suppress(Exception):
                 await client.close()
 
@@ -287,29 +294,19 @@ class NatsBroker:
                     f"{message.describe()}: payload of {len(message.payload)} bytes exceeds the "
                     f"bus limit of {topology.max_message_bytes}"
                 )
+        partitions = topology.partitions
+        subjects = self._subjects
+        outgoing = []
+        for message in messages:
+            headers = encode_headers(message)
+            headers["Nats-Msg-Id"] = headers[HEADERS["event_id"]]
+            headers[EXPECTED_STREAM] = topology.name
+            subject = subjects[partition_of(partition_key(message), partitions)]
+            outgoing.append((subject, message.payload, headers))
         with _driver_errors(f"publishing {len(messages)} message(s) to {topology.name!r}"):
-            futures = []
-            for message in messages:
-                headers = encode_headers(message)
-                headers["Nats-Msg-Id"] = str(message.event_id)
-                subject = partition_subject(
-                    topology, partition_of(partition_key(message), topology.partitions)
-                )
-                futures.append(
-                    await self.js.publish_async(
-                        subject,
-                        message.payload,
-                        stream=topology.name,
-                        headers=headers,
-                        wait_stall=self.confirm_timeout,
-                    )
-                )
-            try:
-                await asyncio.wait_for(asyncio.gather(*futures), self.confirm_timeout)
-            finally:
-                for future in futures:
-                    if not future.done():
-                        future.cancel()
+            if self._acks is None:
+                self._acks = PublishAcks(self.client, self.confirm_timeout)
+            await self._acks.publish(outgoing)
 
     async def publish_raw(self, partition: int, headers: Mapping[str, str], body: bytes) -> None:
         subject = partition_subject(self.topology, partition % self.topology.partitions)

@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from tidings.brokers.port import (
     Delivery,
@@ -92,6 +92,9 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
     ) from missing
 
 log = logging.getLogger("tidings.brokers.rabbitmq")
+
+#: AMQP delivery mode of a message the broker writes to disk.
+PERSISTENT = 2
 
 
 def _translate(error: BaseException, doing: str) -> BrokerError:
@@ -177,6 +180,7 @@ class RabbitMQBroker:
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._consumers: list[_RabbitConsumer] = []
+        self._routing_keys = [f"p{i}" for i in range(topology.partitions)]
 
     # -- connection ------------------------------------------------------------------------
 
@@ -315,19 +319,24 @@ class RabbitMQBroker:
                     f"bus limit of {topology.max_message_bytes}"
                 )
         with _driver_errors(f"publishing {len(messages)} message(s) to {topology.name!r}"):
-            exchange = await self._publisher()
+            await self._publisher()
+            assert self._publish_channel is not None
+            # aio-pika's Exchange.publish only forwards to this channel's basic_publish, which
+            # by default also waits, per message, until its frames are written out; the
+            # confirmation awaited below covers that, so the messages skip that round.
+            channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+            routing_keys = self._routing_keys
             confirmations = [
-                exchange.publish(
-                    aio_pika.Message(
-                        message.payload,
-                        headers=dict(encode_headers(message)),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=str(message.event_id),
-                        content_type="application/json",
-                    ),
-                    routing_key=f"p{partition_of(partition_key(message), topology.partitions)}",
+                channel.basic_publish(
+                    message.payload,
+                    exchange=topology.name,
+                    routing_key=routing_keys[
+                        partition_of(partition_key(message), topology.partitions)
+                    ],
+                    properties=_properties(message),
                     mandatory=True,
                     timeout=self.confirm_timeout,
+                    wait=False,
                 )
                 for message in messages
             ]
@@ -733,6 +742,16 @@ class _RabbitConsumer:
             release.cancel()
         for subscription in self.partitions.values():
             subscription.abandon()
+
+
+def _properties(message: StoredEvent) -> aiormq.spec.Basic.Properties:
+    headers: dict[str, Any] = encode_headers(message)
+    return aiormq.spec.Basic.Properties(
+        headers=headers,
+        delivery_mode=PERSISTENT,
+        message_id=str(message.event_id),
+        content_type="application/json",
+    )
 
 
 def _key(message: AbstractIncomingMessage) -> str:
