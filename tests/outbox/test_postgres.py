@@ -15,7 +15,9 @@ from sqlalchemy.sql.base import Executable
 from tidings import CommitBatch, HandlerContext, Handlers, TidingsError, Timing, uuid7
 from tidings.core.envelope import system_clock
 from tidings.outbox import Relay, RelayConfig, outbox_table, status
+from tidings.outbox.participant import PostCommitNotifier
 from tidings.persistence.sql import Params
+from tidings.testing.services import POSTGRES_URL
 
 from .app import Deposited, deposit, effects, ledger_handlers, record_effect
 from .conftest import Store
@@ -217,3 +219,26 @@ def test_a_row_committed_late_by_an_older_transaction_is_not_skipped(pg_store: S
         older.commit()
     relay.run_until_idle()
     assert [e.seq for e in effects(engine)] == [1, 2]  # both, in commit-safe log order
+
+
+def test_post_commit_notifier_announces_every_channel_asked_for(pg_store: Store) -> None:
+    import psycopg
+
+    listener = psycopg.connect(POSTGRES_URL.replace("postgresql+psycopg", "postgresql"))
+    listener.autocommit = True
+    try:
+        listener.execute('LISTEN "tidings_test_one"')
+        listener.execute('LISTEN "tidings_test_two"')
+        notifier = PostCommitNotifier(pg_store.engine)
+        # Asked for together or one after the other: each channel is announced (several in
+        # one statement when they were waiting together).
+        notifier.notify("tidings_test_one")
+        notifier.notify("tidings_test_two")
+        heard: set[str] = set()
+        deadline = time.monotonic() + 30
+        while heard != {"tidings_test_one", "tidings_test_two"}:
+            assert time.monotonic() < deadline, f"heard only {heard}"
+            for note in listener.notifies(timeout=0.5, stop_after=1):
+                heard.add(note.channel)
+    finally:
+        listener.close()

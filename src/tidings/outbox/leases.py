@@ -55,10 +55,19 @@ class Leases:
         return self.clock() - self._last_refresh >= self.lease_seconds / 3
 
     def refresh(self, subscribers: Sequence[str], partitions: int) -> dict[str, set[int]]:
+        """Renew, release and claim (:meth:`renew`), and hold the result."""
+        self.held = self.renew(subscribers, partitions)
+        return self.held
+
+    def renew(self, subscribers: Sequence[str], partitions: int) -> dict[str, set[int]]:
+        """Heartbeat, renew, release and claim in the database; returns the partitions held
+        per subscriber without changing :attr:`held`, so that another thread can run it while
+        the relay delivers, and the relay adopts the result between two steps."""
         now = self.clock()
         self._last_refresh = now
         live = self._heartbeat(now, subscribers)
         lease = tables.leases
+        held: dict[str, set[int]] = {}
         for subscriber in subscribers:
             share = math.ceil(partitions / max(1, live.get(subscriber, 1)))
             mine = self._owned(subscriber, now)
@@ -91,8 +100,8 @@ class Leases:
             for partition in wanted:
                 if self._claim(subscriber, partition, now):
                     mine.add(partition)
-            self.held[subscriber] = mine
-        return self.held
+            held[subscriber] = mine
+        return held
 
     def lose(self, subscriber: str, partition: int) -> None:
         """Forget a partition another node turned out to own (its checkpoint moved)."""

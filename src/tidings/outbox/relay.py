@@ -9,7 +9,10 @@ Run it as a process (``tidings relay --url ... --app module:attr``), or in-proce
 
 Each step refreshes this node's partition leases when due (:mod:`tidings.outbox.leases`), then
 processes every held (subscriber, partition) once (:mod:`tidings.outbox.delivery`), then applies
-the retention policy when due. When a step finds nothing to do the relay waits:
+the retention policy when due. A running relay (:meth:`Relay.run`) does the lease refresh and the
+retention in a thread of their own instead, and adopts the refreshed leases between two steps:
+they take several transactions, and on a busy machine tens of milliseconds that every event
+committed meanwhile would wait for. When a step finds nothing to do the relay waits:
 
 * for the in-process :class:`~tidings.outbox.participant.Doorbell`, rung by writers' units of
   work right after they commit;
@@ -76,6 +79,7 @@ class Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: _Listener | None = None
+        self._upkeep: _Upkeep | None = None
 
     # -- stepping ----------------------------------------------------------------------------
 
@@ -89,8 +93,16 @@ class Relay:
         """One pass over every held partition; returns how many log rows were moved past."""
         if not self._prepared:
             self.prepare()
-        if self.leases.due():
-            self.leases.refresh([s.name for s in self.subscribers], self.config.partitions)
+        upkeep = self._upkeep
+        in_background = upkeep is not None and upkeep.is_alive()
+        if in_background:
+            assert upkeep is not None
+            renewed = upkeep.take_leases()
+            if renewed is not None:
+                self.leases.held = renewed
+                self.follower.forget_positions()
+        elif self.leases.due():
+            self.leases.refresh(self.subscriber_names(), self.config.partitions)
             self.follower.forget_positions()
         moved = 0
         for subscriber in self.subscribers:
@@ -100,10 +112,17 @@ class Relay:
                 except LostPartition as lost:
                     logger.info("%s", lost)
                     self.leases.lose(subscriber.name, partition)
+        if not in_background:
+            self.apply_retention_when_due()
+        return moved
+
+    def subscriber_names(self) -> list[str]:
+        return [s.name for s in self.subscribers]
+
+    def apply_retention_when_due(self) -> None:
         if self.clock() >= self._next_retention:
             self._next_retention = self.clock() + self.config.retention_interval
             purge_delivered(self.config.engine, self.config.log, self.config.retention)
-        return moved
 
     def next_retry_in(self) -> float | None:
         """Seconds until the earliest delayed retry is due (None when none is waiting)."""
@@ -162,6 +181,11 @@ class Relay:
                     logger.exception("relay step failed; retrying")
                     moved = 0
                     idle = self.config.poll_interval
+                if self._upkeep is None:
+                    # The first step took the leases; from now on they are kept in the
+                    # background.
+                    self._upkeep = _Upkeep(self, self._stop)
+                    self._upkeep.start()
                 if moved:
                     idle = self.config.min_poll_interval
                     continue
@@ -180,6 +204,9 @@ class Relay:
             if self._listener is not None:
                 self._listener.join(timeout=5)
                 self._listener = None
+            if self._upkeep is not None:
+                self._upkeep.join(timeout=30)
+                self._upkeep = None
             try:
                 self.leases.release_all()
             except Exception:
@@ -198,6 +225,46 @@ class Relay:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+class _Upkeep(threading.Thread):
+    """Refreshes a running relay's leases and applies its retention policy, off the delivery
+    thread. The refreshed leases are handed over, not applied: the delivery thread adopts them
+    between two steps (and forgets its cached checkpoints then), as an inline refresh would.
+    """
+
+    def __init__(self, relay: Relay, stop: threading.Event) -> None:
+        super().__init__(name=f"{relay.node}-upkeep", daemon=True)
+        self.relay = relay
+        self.stop_event = stop
+        self._lock = threading.Lock()
+        self._renewed: dict[str, set[int]] | None = None
+
+    def take_leases(self) -> dict[str, set[int]] | None:
+        """The leases renewed since the last call, or None."""
+        with self._lock:
+            renewed, self._renewed = self._renewed, None
+            return renewed
+
+    def run(self) -> None:
+        relay, config = self.relay, self.relay.config
+        # Checked twice per refresh period, so that a wake-up a little early never lets a
+        # lease go a whole extra period unrenewed.
+        interval = min(config.lease_seconds / 6, config.retention_interval)
+        while not self.stop_event.wait(interval):
+            try:
+                if relay.leases.due():
+                    renewed = relay.leases.renew(relay.subscriber_names(), config.partitions)
+                    with self._lock:
+                        self._renewed = renewed
+            except Exception:
+                # Leases that cannot be renewed expire; another node may take them, and the
+                # checkpoint compare-and-set keeps both from committing the same rows.
+                logger.exception("lease refresh failed; retrying")
+            try:
+                relay.apply_retention_when_due()
+            except Exception:
+                logger.exception("retention failed; retrying")
 
 
 class _Listener(threading.Thread):

@@ -11,6 +11,7 @@ participants*: on persist they contribute SQL statements that run inside the sam
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -108,7 +109,7 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
         super().__init__(handlers, **kwargs)
         if isinstance(sessions, Engine):
             self._engine: Engine | None = sessions
-            self._sessions = sessionmaker(sessions, expire_on_commit=False)
+            self._sessions = _sessions_for(sessions)
         else:
             bind = sessions.kw.get("bind")
             self._engine = (
@@ -239,6 +240,24 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
         finally:
             if connection is not None and self._engine is not None:
                 connection.close()
+
+
+_sessionmakers: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sessions_for(engine: Engine) -> sessionmaker[Session]:
+    """One ``sessionmaker`` per engine, shared by its units of work.
+
+    Each ``sessionmaker`` defines a new ``Session`` subclass, and SQLAlchemy builds a class's
+    event dispatch on its first instance: a ``sessionmaker`` per unit of work cost 0.4 to 1 ms
+    of CPU per ORM commit (a quarter to a third of a one-row ORM unit of work on PostgreSQL).
+    """
+    found = _sessionmakers.get(engine)
+    if found is None:
+        found = _sessionmakers[engine] = sessionmaker(engine, expire_on_commit=False)
+    return found
 
 
 def _is_mapped(instance: object) -> bool:
