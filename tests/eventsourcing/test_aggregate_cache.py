@@ -9,6 +9,7 @@ statement runs it as a transaction of its own without leaving the connection in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.errors import ConcurrencyError, StreamNotFound
+from tidings.errors import ConcurrencyError, StoreError, StreamNotFound
 from tidings.eventsourcing import (
     AsyncEventSourcedRepository,
     EventSourcedRepository,
@@ -241,6 +242,32 @@ def test_a_failing_one_statement_unit_of_work_writes_nothing_and_leaves_the_conn
             uow.commit()
     deposit(uow, participant, account_id, 3)
     assert balance_on_disk(engine, account_id) == (account_id, 2, "ann", 3, 1)
+
+
+def test_several_events_of_one_aggregate_stay_atomic_when_a_later_one_fails(
+    one_connection: Engine,
+) -> None:
+    engine = one_connection
+    participant = EventStoreParticipant()
+    uow = uow_for(engine, participant)
+    existing, account_id = fresh_id(), fresh_id()
+    with uow:
+        EventSourcedRepository(uow, participant).add(ContractAccount.open(existing, "ann"))
+        uow.commit()
+    stored_id = EventStore(engine, cache=None).read_stream(f"ContractAccount-{existing}")[0]
+    account = ContractAccount.open(account_id, "bob")
+    account.deposit(1)
+    account.deposit(2)
+    # The third row reuses a stored event id: the insert fails on its last row only.
+    pending = account._pending_list()
+    sequence, third = pending[2]
+    pending[2] = (sequence, dataclasses.replace(third, event_id=stored_id.event.event_id))
+    with uow:
+        EventSourcedRepository(uow, participant).add(account)
+        with pytest.raises(StoreError, match="same event_id"):
+            uow.commit()
+    with pytest.raises(StreamNotFound):
+        balance_on_disk(engine, account_id)
 
 
 async def test_the_asyncio_repository_uses_the_cache_too(sqlite_async_engine: AsyncEngine) -> None:

@@ -129,14 +129,21 @@ def execute_direct(
     """Run ``statement`` with ``params`` (one mapping, or a list for executemany) on
     ``connection``'s driver cursor, in its transaction; returns the rows (if ``fetch``).
 
-    With ``autocommit``, a connection that has no transaction open runs the statement as one
-    of its own (see :func:`can_autocommit`) instead of beginning one: no ``BEGIN`` and
-    ``COMMIT`` round trips. Only for a statement that is the whole of its transaction.
+    With ``autocommit``, a connection that has no transaction open runs a statement with one
+    set of parameters as a transaction of its own (see :func:`can_autocommit`) instead of
+    beginning one: no ``BEGIN`` and ``COMMIT`` round trips. Only for a statement that is the
+    whole of its transaction. Several sets of parameters (executemany) always run in a
+    transaction: on their own each row would be a transaction, and the batch not atomic.
     """
-    standalone = autocommit and not connection.in_transaction() and can_autocommit(connection)
+    rows: Sequence[Mapping[str, Any]] = params if isinstance(params, Sequence) else [params or {}]
+    standalone = (
+        autocommit
+        and len(rows) == 1
+        and not connection.in_transaction()
+        and can_autocommit(connection)
+    )
     if not standalone and not connection.in_transaction():
         connection.begin()
-    rows: Sequence[Mapping[str, Any]] = params if isinstance(params, Sequence) else [params or {}]
     if not rows:
         return []
     # One row goes through execute(): psycopg runs executemany() in pipeline mode, which

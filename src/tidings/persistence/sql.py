@@ -196,10 +196,11 @@ class SqlUnitOfWork(UnitOfWork, _SqlCommon):
                     self.session.execute(statement, params)
             elif statements:
                 connection = self.connection
-                # A unit of work whose whole transaction is one direct statement (an aggregate's
-                # events, say) runs it as a transaction of its own: on PostgreSQL that saves the
-                # BEGIN and COMMIT round trips. Reads before it ran outside any transaction too
-                # (the event store's loads; its appends are checked by constraints, not locks).
+                # A unit of work whose whole transaction is one direct statement with one row
+                # (an aggregate's one new event, say) runs it as a transaction of its own: on
+                # PostgreSQL that saves the BEGIN and COMMIT round trips (execute_direct keeps
+                # several rows in a transaction). Reads before it ran outside any transaction
+                # too (the event store's loads; appends are checked by constraints, not locks).
                 alone = len(statements) == 1 and self._session is None
                 for statement, params in statements:
                     if isinstance(statement, Direct):
