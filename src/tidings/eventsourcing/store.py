@@ -122,8 +122,11 @@ class EventStore(_StoreConfig):
             raise ConcurrencyError(exc.stream_id, exc.expected_version, actual) from exc
 
     def _read(self, plan: Plan[T]) -> T:
+        # Each read as a statement of its own: no BEGIN and ROLLBACK round trips. The events
+        # and snapshots a plan reads are only ever appended, so reading them in separate
+        # statements sees nothing inconsistent.
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            return run(conn, plan)
+            return run(conn, plan, autocommit=True)
 
     def append(self, stream_id: str, events: Sequence[object], expected_version: int) -> int:
         """Append ``events`` atomically after ``expected_version`` (0: a new stream).
