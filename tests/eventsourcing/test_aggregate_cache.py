@@ -290,3 +290,36 @@ async def test_the_asyncio_repository_uses_the_cache_too(sqlite_async_engine: As
             ContractAccount, account_id
         )
         assert account.state() == (account_id, 3, "ann", 3, 2)
+
+
+def test_a_unit_of_work_that_only_reads_leaves_its_aggregate_cached(engine: Engine) -> None:
+    participant = EventStoreParticipant()
+    uow = uow_for(engine, participant)
+    account_id = fresh_id()
+    with uow:
+        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
+        uow.commit()
+    assert participant.cache is not None
+    for _ in range(2):
+        with uow:  # a query: no commit
+            account = EventSourcedRepository(uow, participant).load(ContractAccount, account_id)
+            assert account.state() == (account_id, 1, "ann", 0, 0)
+        assert len(participant.cache) == 1
+
+
+def test_a_trusting_store_forgets_an_entry_that_conflicted(engine: Engine) -> None:
+    store = EventStore(engine, cache=AggregateCache(fast_forward=False))
+    account_id = fresh_id()
+    store.save(ContractAccount.open(account_id, "ann"))
+    EventStore(engine, cache=None).append(
+        f"ContractAccount-{account_id}", [Deposited(10)], expected_version=1
+    )
+    stale = store.load(ContractAccount, account_id)
+    stale.deposit(1)
+    with pytest.raises(ConcurrencyError):
+        store.save(stale)
+    fresh = store.load(ContractAccount, account_id)
+    assert fresh.state() == (account_id, 2, "ann", 10, 1)
+    fresh.deposit(1)
+    store.save(fresh)
+    assert balance_on_disk(engine, account_id) == (account_id, 3, "ann", 11, 2)

@@ -8,15 +8,17 @@ loaded and committed unchanged), up to ``maxsize`` of them, least recently used 
 A load takes the copy out of the cache (no other unit of work can get the same object) and, with
 ``fast_forward`` (the default), applies whatever was appended to its stream since: one indexed
 read that normally finds nothing. So the aggregate is exactly what a full replay gives, even when
-other processes write the same streams. Without ``fast_forward`` the read is skipped too; use it
-only when this process is the only writer of these streams, since an entry made stale by another
-writer then surfaces as a :class:`~tidings.errors.ConcurrencyError` on save (the entry is gone by
-then, so the retry loads afresh).
+other processes write the same streams. A copy of what was loaded goes back at once, so a unit
+of work that reads and does not commit, or whose command fails, leaves the cache as it was.
 
-A commit that fails puts nothing back: the aggregate's state may hold what the failed command
-applied. The copy is taken after the commit (a deep copy), so the caller keeps its own
-object and nothing it does later reaches the cache. An aggregate that cannot be copied is simply
-not cached.
+Without ``fast_forward`` the read is skipped too; use it only when this process is the only
+writer of these streams, since an entry made stale by another writer then surfaces as a
+:class:`~tidings.errors.ConcurrencyError` on save. Such a cache gets its copy back only when the
+unit of work commits, so after a conflict the entry is gone and the retry reads the stream.
+
+Copies are deep (pickle, or ``copy.deepcopy`` when pickle cannot), so the caller owns what it
+loaded or saved and nothing it does to it reaches the cache. An aggregate that cannot be copied
+is simply not cached.
 """
 
 from __future__ import annotations

@@ -144,7 +144,15 @@ class _Repository:
 
     def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
         historical = at_version is not None or as_of is not None
-        return aggregate if historical else self.uow.track(aggregate)
+        if historical:
+            return aggregate
+        cache = self.participant.cache
+        if cache is not None and cache.fast_forward:
+            # A copy of the state just read goes back at once, so a unit of work that does not
+            # commit (a read, a failed command) leaves the cache as it found it. A trusting
+            # cache gets its copy at commit only: after a conflict the stream must be read.
+            cache.keep([aggregate])
+        return self.uow.track(aggregate)
 
     def add(self, aggregate: A) -> A:
         """Track a new aggregate: its events are appended when the unit of work commits."""

@@ -86,10 +86,18 @@ class _StoreConfig:
         )
 
     def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
-        # The caller owns what it loaded; the cache keeps a copy of the current state.
-        if self.cache is not None and at_version is None and as_of is None:
-            self.cache.keep([aggregate])
+        # The caller owns what it loaded; a fast-forwarding cache keeps a copy of the current
+        # state (a trusting one must not: a stale copy would come back after every conflict).
+        cache = self.cache
+        if cache is not None and cache.fast_forward and at_version is None and as_of is None:
+            cache.keep([aggregate])
         return aggregate
+
+    def _forget(self, aggregates: Sequence[EventSourcedAggregate]) -> None:
+        """After a failed save: the cache may hold what made it fail (a stale version)."""
+        if self.cache is not None:
+            for aggregate in aggregates:
+                self.cache.discard(aggregate.stream_id)
 
 
 class EventStore(_StoreConfig):
@@ -140,7 +148,11 @@ class EventStore(_StoreConfig):
 
     def save(self, *aggregates: EventSourcedAggregate) -> CommitBatch:
         """Append every pending event of ``aggregates`` in one transaction (with snapshots)."""
-        batch = self._write(plans.save(self.schema, self.codec, aggregates, self.snapshots))
+        try:
+            batch = self._write(plans.save(self.schema, self.codec, aggregates, self.snapshots))
+        except BaseException:
+            self._forget(aggregates)
+            raise
         self._finish_save(batch)
         return batch
 
@@ -263,7 +275,13 @@ class AsyncEventStore(_StoreConfig):
         )
 
     async def save(self, *aggregates: EventSourcedAggregate) -> CommitBatch:
-        batch = await self._write(plans.save(self.schema, self.codec, aggregates, self.snapshots))
+        try:
+            batch = await self._write(
+                plans.save(self.schema, self.codec, aggregates, self.snapshots)
+            )
+        except BaseException:
+            self._forget(aggregates)
+            raise
         self._finish_save(batch)
         return batch
 
