@@ -87,6 +87,14 @@ class AggregateCache:
                 while len(self._entries) > self.maxsize:
                     self._entries.popitem(last=False)
 
+    def loaded(self, aggregate: EventSourcedAggregate) -> None:
+        """Keep a copy of an aggregate just loaded in its current state, so that a unit of work
+        that does not commit (a read, a failed command) leaves the cache as it found it. Only a
+        fast-forwarding cache: a trusting one must get its copy at commit only, or a stale copy
+        would come back after every conflict."""
+        if self.fast_forward:
+            self.keep([aggregate])
+
     def discard(self, stream_id: str) -> None:
         with self._lock:
             self._entries.pop(stream_id, None)

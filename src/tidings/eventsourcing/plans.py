@@ -18,6 +18,7 @@ from tidings.core.codec import Codec
 from tidings.core.commit import CommitBatch
 from tidings.core.events import is_event_class, spec_of
 from tidings.errors import ConcurrencyError, StreamNotFound
+from tidings.eventsourcing.cache import AggregateCache
 from tidings.eventsourcing.execution import Plan, Query
 from tidings.eventsourcing.records import (
     LogEntry,
@@ -356,6 +357,37 @@ def read_log(
     rows = yield Query(statement)
     entries = rows_to_entries(rows)
     return LogPage(entries, entries[-1].checkpoint if entries else after)
+
+
+def load_through(
+    cache: AggregateCache | None,
+    schema: EventStoreSchema,
+    codec: Codec,
+    cls: type[A],
+    id: Any,
+    *,
+    at_version: int | None,
+    as_of: datetime | None,
+    use_snapshots: bool,
+) -> Plan[A] | A:
+    """How to load aggregate ``id`` with ``cache``: the plan to run (from the cached state when
+    there is one, see :mod:`.cache`), or, when the cache trusts its entries, the cached
+    aggregate itself (nothing to read)."""
+    cached = None
+    if cache is not None and at_version is None and as_of is None:
+        cached = cache.take(cls, stream_id_of(cls, id))
+        if cached is not None and not cache.fast_forward:
+            return cached
+    return load(
+        schema,
+        codec,
+        cls,
+        id,
+        at_version=at_version,
+        as_of=as_of,
+        use_snapshots=use_snapshots,
+        start=cached,
+    )
 
 
 def load(

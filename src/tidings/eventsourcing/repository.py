@@ -123,15 +123,9 @@ class _Repository:
     def _plan(
         self, cls: type[A], id: Any, at_version: int | None, as_of: datetime | None
     ) -> Plan[A] | A:
-        """How to load: a plan to run, or the cached aggregate itself when the cache trusts
-        its entries (no read at all)."""
         p = self.participant
-        cached = None
-        if p.cache is not None and at_version is None and as_of is None:
-            cached = p.cache.take(cls, plans.stream_id_of(cls, id))
-            if cached is not None and not p.cache.fast_forward:
-                return cached
-        return plans.load(
+        return plans.load_through(
+            p.cache,
             p.schema,
             p.codec,
             cls,
@@ -139,19 +133,14 @@ class _Repository:
             at_version=at_version,
             as_of=as_of,
             use_snapshots=p.snapshots is not None,
-            start=cached,
         )
 
     def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
         historical = at_version is not None or as_of is not None
         if historical:
             return aggregate
-        cache = self.participant.cache
-        if cache is not None and cache.fast_forward:
-            # A copy of the state just read goes back at once, so a unit of work that does not
-            # commit (a read, a failed command) leaves the cache as it found it. A trusting
-            # cache gets its copy at commit only: after a conflict the stream must be read.
-            cache.keep([aggregate])
+        if self.participant.cache is not None:
+            self.participant.cache.loaded(aggregate)
         return self.uow.track(aggregate)
 
     def add(self, aggregate: A) -> A:

@@ -67,14 +67,8 @@ class _StoreConfig:
         use_snapshots: bool,
         use_cache: bool,
     ) -> Plan[A] | A:
-        """The plan that loads the aggregate, or the cached aggregate itself (see
-        :mod:`.cache`)."""
-        cached = None
-        if self.cache is not None and use_cache and at_version is None and as_of is None:
-            cached = self.cache.take(cls, plans.stream_id_of(cls, id))
-            if cached is not None and not self.cache.fast_forward:
-                return cached
-        return plans.load(
+        return plans.load_through(
+            self.cache if use_cache else None,
             self.schema,
             self.codec,
             cls,
@@ -82,15 +76,12 @@ class _StoreConfig:
             at_version=at_version,
             as_of=as_of,
             use_snapshots=use_snapshots,
-            start=cached,
         )
 
     def _loaded(self, aggregate: A, at_version: int | None, as_of: datetime | None) -> A:
-        # The caller owns what it loaded; a fast-forwarding cache keeps a copy of the current
-        # state (a trusting one must not: a stale copy would come back after every conflict).
-        cache = self.cache
-        if cache is not None and cache.fast_forward and at_version is None and as_of is None:
-            cache.keep([aggregate])
+        # The caller owns what it loaded; the cache keeps its own copy.
+        if self.cache is not None and at_version is None and as_of is None:
+            self.cache.loaded(aggregate)
         return aggregate
 
     def _forget(self, aggregates: Sequence[EventSourcedAggregate]) -> None:
