@@ -43,6 +43,15 @@ def deposit(uow: SqlUnitOfWork, participant: EventStoreParticipant, id: str, amo
         uow.commit()
 
 
+def opened(uow: SqlUnitOfWork, participant: EventStoreParticipant, owner: str = "ann") -> str:
+    """A new account, committed through ``uow``; its id."""
+    account_id = fresh_id()
+    with uow:
+        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, owner))
+        uow.commit()
+    return account_id
+
+
 def balance_on_disk(engine: Engine, id: str) -> tuple[Any, ...]:
     return EventStore(engine, cache=None).load(ContractAccount, id).state()
 
@@ -50,10 +59,7 @@ def balance_on_disk(engine: Engine, id: str) -> tuple[Any, ...]:
 def test_a_committed_aggregate_is_served_from_the_cache(engine: Engine) -> None:
     participant = EventStoreParticipant()
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
     assert participant.cache is not None and len(participant.cache) == 1
     for amount in (1, 2, 3):
         deposit(uow, participant, account_id, amount)
@@ -64,10 +70,7 @@ def test_a_committed_aggregate_is_served_from_the_cache(engine: Engine) -> None:
 def test_a_cached_load_catches_up_with_another_writer(engine: Engine) -> None:
     participant = EventStoreParticipant()
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
     # Another process (another store, no shared cache) appends behind the cache's back.
     EventStore(engine, cache=None).append(
         f"ContractAccount-{account_id}", [Deposited(10), Deposited(20)], expected_version=1
@@ -79,10 +82,7 @@ def test_a_cached_load_catches_up_with_another_writer(engine: Engine) -> None:
 def test_a_trusted_stale_entry_fails_once_as_a_conflict_then_loads_afresh(engine: Engine) -> None:
     participant = EventStoreParticipant(cache=AggregateCache(fast_forward=False))
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
     EventStore(engine, cache=None).append(
         f"ContractAccount-{account_id}", [Deposited(10)], expected_version=1
     )
@@ -96,10 +96,7 @@ def test_a_trusted_stale_entry_fails_once_as_a_conflict_then_loads_afresh(engine
 def test_a_failed_unit_of_work_puts_nothing_back(engine: Engine) -> None:
     participant = EventStoreParticipant()
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
 
     def failing_command() -> None:
         with uow:
@@ -232,10 +229,7 @@ def test_a_failing_one_statement_unit_of_work_writes_nothing_and_leaves_the_conn
     engine = one_connection
     participant = EventStoreParticipant(cache=None)
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
     with uow:
         EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "eve"))
         with pytest.raises(ConcurrencyError):
@@ -295,10 +289,7 @@ async def test_the_asyncio_repository_uses_the_cache_too(sqlite_async_engine: As
 def test_a_unit_of_work_that_only_reads_leaves_its_aggregate_cached(engine: Engine) -> None:
     participant = EventStoreParticipant()
     uow = uow_for(engine, participant)
-    account_id = fresh_id()
-    with uow:
-        EventSourcedRepository(uow, participant).add(ContractAccount.open(account_id, "ann"))
-        uow.commit()
+    account_id = opened(uow, participant)
     assert participant.cache is not None
     for _ in range(2):
         with uow:  # a query: no commit
