@@ -551,6 +551,25 @@ def test_retention_deletes_only_delivered_rows_past_the_period(store: Store) -> 
     assert [r.stream_version for r in outbox_rows(store)] == [5]
 
 
+def test_retention_deletes_in_chunks_and_never_past_the_checkpoint(store: Store) -> None:
+    config = config_for(store, partitions=1)
+    for seq in range(7):
+        deposit(config, "acc-1", 1, seq)
+    relay = Relay(config)
+    relay._next_retention = float("inf")
+    relay.run_until_idle()
+    deposit(config, "acc-1", 1, seq=9)  # undelivered
+    old = system_clock() - timedelta(days=8)
+    with store.engine.begin() as conn:
+        conn.execute(update(outbox_table).values(recorded_at=old))
+    # 7 delivered rows in chunks of 3: 3 + 3 + 1, and the undelivered one stays.
+    assert purge_delivered(store.engine, outbox_table, timedelta(days=7), chunk=3) == 7
+    assert [r.stream_version for r in outbox_rows(store)] == [8]
+    assert purge_delivered(store.engine, outbox_table, timedelta(days=7), chunk=3) == 0
+    with pytest.raises(ValueError, match="chunk"):
+        purge_delivered(store.engine, outbox_table, timedelta(days=7), chunk=0)
+
+
 def test_status_reports_backlog_lag_and_dead_letters(store: Store) -> None:
     from . import app
 

@@ -37,20 +37,50 @@ def delivered_up_to(conn: Connection, log: str) -> Checkpoint | None:
     return min(every) if every else None
 
 
+#: Rows deleted per retention transaction.
+PURGE_CHUNK = 5000
+
+
 def purge_delivered(
-    engine: Engine, log: Table, older_than: timedelta, *, now: datetime | None = None
+    engine: Engine,
+    log: Table,
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+    chunk: int = PURGE_CHUNK,
 ) -> int:
-    """Delete delivered rows recorded before ``now - older_than``; returns how many."""
+    """Delete delivered rows recorded before ``now - older_than``; returns how many.
+
+    In transactions of at most ``chunk`` rows: a long delete would hold SQLite's write lock,
+    and on PostgreSQL its transaction would hold back the commit-order fence of every follower
+    (they see no row committed after it began until it ends).
+    """
     if "recorded_at" not in log.c:
         return 0  # not an outbox (an event store's log is kept forever)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     cutoff = (now or system_clock()) - older_than
-    with engine.begin() as conn:
+    with engine.connect() as conn:
+        # Checkpoints only move forward: deleting up to where they were is safe all along.
         upto = delivered_up_to(conn, log.name)
-        if upto is None:
-            return 0
-        passed = or_(log.c.tx < upto.tx, and_(log.c.tx == upto.tx, log.c.position <= upto.position))
-        result = conn.execute(delete(log).where(passed, log.c.recorded_at < cutoff))
-        return int(result.rowcount)
+    if upto is None:
+        return 0
+    passed = or_(log.c.tx < upto.tx, and_(log.c.tx == upto.tx, log.c.position <= upto.position))
+    doomed = (
+        select(log.c.position)
+        .where(passed, log.c.recorded_at < cutoff)
+        .order_by(log.c.position)
+        .limit(chunk)
+        .scalar_subquery()
+    )
+    purge = delete(log).where(log.c.position.in_(doomed))
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            count = int(conn.execute(purge).rowcount)
+        deleted += count
+        if count < chunk:
+            return deleted
 
 
 def _count_after(conn: Connection, log: Table, checkpoint: Checkpoint | None) -> int:
