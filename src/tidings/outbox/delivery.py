@@ -21,7 +21,6 @@ fails, the same batch is delivered again event by event, and the rules above app
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -30,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, insert, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tidings.core.envelope import Envelope, system_clock
@@ -48,6 +46,7 @@ from tidings.outbox.subscribers import (
     dead_letter_values,
     reader_engine,
 )
+from tidings.persistence.direct import update_direct
 from tidings.persistence.log import Checkpoint, after, after_bound, visible
 from tidings.persistence.values import as_uuid
 
@@ -60,27 +59,6 @@ _READ_COLUMNS = ("position", "tx", *_EVENT_COLUMNS)
 _POSITION, _TX, _EVENT_ID, _TYPE, _VERSION, _STREAM_ID, _STREAM_VERSION = range(7)
 _OCCURRED_AT, _CORRELATION_ID, _CAUSATION_ID, _PRODUCER, _HEADERS, _PAYLOAD = range(7, 13)
 assert _READ_COLUMNS[_OCCURRED_AT] == "occurred_at" and _READ_COLUMNS[_PAYLOAD] == "payload"
-
-
-def _pipelines_begin(connection: Connection) -> bool:
-    """Whether ``connection`` is psycopg's with no transaction begun at the driver yet, so that
-    its ``BEGIN`` can travel with the next statement."""
-    if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
-        return False
-    driver: Any = connection.connection.dbapi_connection
-    return bool(driver.info.transaction_status == _PSYCOPG_IDLE) and _pipeline_supported()
-
-
-@functools.cache
-def _pipeline_supported() -> bool:
-    """psycopg's pipeline mode needs libpq 14 or later."""
-    import psycopg
-
-    return bool(psycopg.Pipeline.is_supported())
-
-
-# psycopg.pq.TransactionStatus.IDLE, without importing psycopg where it is not installed.
-_PSYCOPG_IDLE = 0
 
 
 class LostPartition(StoreError):
@@ -155,9 +133,6 @@ class Follower:
                 updated_at=bindparam("cp_updated_at", type_=cp.c.updated_at.type),
             )
         )
-        #: The checkpoint update as SQL text for psycopg's pipeline (see _advance), compiled
-        #: on first use.
-        self._advance_sql: tuple[str, dict[str, Any], dict[str, Any]] | None = None
         self.invoke = Invoker()
         self.pending: dict[tuple[str, int], PendingRetry] = {}
         #: Partitions whose stored retry was looked up / that have a stored retry row.
@@ -616,66 +591,17 @@ class Follower:
             "to_position": end.position,
             "cp_updated_at": system_clock(),
         }
-        if _pipelines_begin(connection):
-            moved = self._advance_pipelined(connection, params)
-        else:
-            moved = connection.execute(self._advance_statement, params).rowcount
+        # On the driver's cursor; on psycopg, as the transaction's first statement, it travels
+        # with its BEGIN: one round trip instead of two on every batch whose handlers have not
+        # written yet (ORM handlers write when the unit of work flushes). It is not moved to
+        # the start of every transaction instead: it would then give the transaction its id
+        # while the handlers run, and hold back every follower's commit-order fence meanwhile.
+        moved = update_direct(connection, self._advance_statement, params)
         if moved != 1:
             raise LostPartition(
                 f"subscriber {subscriber!r} partition {partition} moved past {start} "
                 "in another relay; this transaction was rolled back"
             )
-
-    def _advance_pipelined(self, connection: Connection, params: dict[str, Any]) -> int:
-        """The checkpoint update as the transaction's first statement, sent together with its
-        ``BEGIN`` (psycopg's pipeline mode): one round trip instead of two on every batch whose
-        handlers have not written yet (ORM handlers write when the unit of work flushes).
-
-        Not moved to the start of the transaction for every handler instead: the update would
-        then give the transaction its id while the handlers run, and hold back the commit-order
-        fence of every follower of every log for as long as they take.
-        """
-        if self._advance_sql is None:
-            dialect = connection.dialect
-            compiled = self._advance_statement.compile(dialect=dialect)
-            processors: dict[str, Any] = {}
-            for bind, name in compiled.bind_names.items():
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-                if processor is not None:
-                    processors[name] = processor
-            # The values bound in the statement itself (the log's name).
-            embedded = {
-                name: value
-                for name, value in compiled.construct_params(params).items()
-                if name not in params
-            }
-            self._advance_sql = (compiled.string, embedded, processors)
-        sql, defaults, processors = self._advance_sql
-        values = {**defaults, **params}
-        for name, processor in processors.items():
-            values[name] = processor(values[name])
-        if not connection.in_transaction():
-            connection.begin()  # SQLAlchemy's bookkeeping: it commits what the driver began
-        driver: Any = connection.connection.dbapi_connection
-        cursor = driver.cursor()
-        try:
-            with driver.pipeline():
-                cursor.execute(sql, values)
-            return int(cursor.rowcount)
-        except connection.dialect.loaded_dbapi.Error as exc:
-            disconnected = connection.dialect.is_disconnect(exc, driver, cursor)
-            if disconnected:
-                connection.invalidate(exc)
-            raise DBAPIError.instance(
-                sql,
-                values,
-                exc,
-                connection.dialect.loaded_dbapi.Error,
-                connection_invalidated=disconnected,
-                dialect=connection.dialect,
-            ) from exc
-        finally:
-            cursor.close()
 
     def _may_park(self, subscriber: Subscriber) -> bool:
         known = self.may_park.get(subscriber.name)
