@@ -36,6 +36,19 @@ _OCCURRED_AT = HEADERS["occurred_at"]
 _CORRELATION_ID = HEADERS["correlation_id"]
 _CAUSATION_ID = HEADERS["causation_id"]
 _PRODUCER = HEADERS["producer"]
+# encode_headers writes each metadata field by name (it runs for every message published): a
+# field added to METADATA_FIELDS must be added there too.
+assert METADATA_FIELDS == (
+    "event_id",
+    "event_type",
+    "event_version",
+    "stream_id",
+    "stream_version",
+    "occurred_at",
+    "correlation_id",
+    "causation_id",
+    "producer",
+), "encode_headers lists every metadata field"
 
 TRACEPARENT = "traceparent"
 _TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
