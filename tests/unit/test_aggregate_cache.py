@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tidings.eventsourcing import cache as cache_module
 from tidings.eventsourcing.cache import DEFAULT, AggregateCache, cache_option
 from tidings.testing.store_contract import ContractAccount
 
@@ -16,14 +17,41 @@ def committed(id: str, deposits: int = 0) -> ContractAccount:
     return account
 
 
-def test_take_hands_out_a_copy_once() -> None:
+def test_every_take_hands_out_a_new_copy() -> None:
     cache = AggregateCache()
     account = committed("a", deposits=2)
     cache.keep([account])
+    kept_state = account.state()
+    account.deposit(5)  # the caller's object changes after it was kept: not the cache's copy
     taken = cache.take(ContractAccount, "ContractAccount-a")
-    assert taken is not None and taken is not account
-    assert taken.state() == account.state()
-    assert cache.take(ContractAccount, "ContractAccount-a") is None, "taken out, not shared"
+    again = cache.take(ContractAccount, "ContractAccount-a")
+    assert taken is not None and again is not None
+    assert len({id(account), id(taken), id(again)}) == 3, "never shared"
+    assert taken.state() == again.state() == kept_state
+    taken.deposit(1)  # nor does a copy that was handed out change the kept one
+    third = cache.take(ContractAccount, "ContractAccount-a")
+    assert third is not None and third.state() == kept_state
+
+
+def test_a_trusting_cache_hands_its_entry_out_once() -> None:
+    cache = AggregateCache(fast_forward=False)
+    cache.keep([committed("a")])
+    assert cache.take(ContractAccount, "ContractAccount-a") is not None
+    assert cache.take(ContractAccount, "ContractAccount-a") is None, "back only at commit"
+
+
+def test_loading_the_kept_version_again_copies_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = AggregateCache()
+    cache.keep([committed("a", deposits=1)])
+    taken = cache.take(ContractAccount, "ContractAccount-a")
+    assert taken is not None
+    frozen: list[object] = []
+    monkeypatch.setattr(cache_module, "_freeze", lambda aggregate: frozen.append(aggregate))
+    cache.loaded(taken)  # a cached load that found nothing newer
+    assert frozen == []
+    newer = committed("a", deposits=2)
+    cache.loaded(newer)  # a load that applied newer events: that state is kept
+    assert frozen == [newer]
 
 
 def test_only_committed_event_sourced_aggregates_are_kept() -> None:
@@ -89,3 +117,5 @@ def test_an_aggregate_pickle_cannot_name_is_deep_copied_instead() -> None:
     cache.keep([account])
     taken = cache.take(Local, "Local-l")
     assert taken is not None and taken is not account and taken.state() == account.state()
+    again = cache.take(Local, "Local-l")
+    assert again is not None and again is not taken and again.state() == account.state()
