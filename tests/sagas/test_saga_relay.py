@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy import event as sql_event
 from sqlalchemy.orm import sessionmaker
 
 from tidings import Aggregate, HandlerContext, Handlers, Timing
@@ -112,3 +113,35 @@ def test_timeouts_send_their_commands_through_the_outbox(engine: Engine) -> None
     assert fired.completed
     relay.run_until_idle()
     assert received == [AuthorizePayment("o-1"), CancelOrder("o-1", "payment overdue")]
+
+
+def test_saga_commands_wake_listening_relays_after_the_commit(pg_engine: Engine) -> None:
+    import psycopg
+
+    from tidings.outbox.participant import notify_channel
+    from tidings.testing.services import POSTGRES_URL
+
+    outbox_tables.create_tables(pg_engine)
+    saga_metadata.create_all(pg_engine)
+    clock = FakeClock()
+    config, received = build(pg_engine, clock)
+    commit(config, OrderConfirmed("o-1", ("a",)), StockReserved("o-1", "a"))
+    channel = notify_channel(outbox_tables.outbox)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    dsn = POSTGRES_URL.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        sql_event.listen(pg_engine, "before_cursor_execute", seen)
+        try:
+            Relay(config).run_until_idle()
+        finally:
+            sql_event.remove(pg_engine, "before_cursor_execute", seen)
+        # The saga wrote its command; the notifier thread announces it once committed.
+        notified = [n.channel for n in listener.notifies(timeout=10, stop_after=1)]
+    assert notified == [channel]
+    assert received == [AuthorizePayment("o-1")]
+    assert not [s for s in statements if "pg_notify" in s], "not inside the writing transaction"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Engine, Table, event, insert
 from sqlalchemy.orm import Session
 
 from tidings.core.codec import Codec, default_codec
@@ -28,7 +28,7 @@ from tidings.core.ids import uuid7
 from tidings.core.messages import to_stored
 from tidings.errors import ConfigurationError
 from tidings.outbox import tables as outbox_tables
-from tidings.outbox.participant import notify_statement
+from tidings.outbox.participant import PostCommitNotifier, notify_channel
 from tidings.sagas.definition import Saga
 from tidings.sagas.sql import CommandSink, SqlSagaStore
 
@@ -83,8 +83,15 @@ class OutboxCommands:
         session.execute(insert(self.table), rows)
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
-            # Delivered with the commit, like the outbox participant's own notification.
-            session.execute(notify_statement(self.table))
+            # Relays LISTEN for new outbox rows. As for the outbox participant, the NOTIFY goes
+            # out after the commit, from the engine's notifier thread: a notifying transaction
+            # would take PostgreSQL's cluster-wide notification lock while it commits. If the
+            # transaction rolls back, the listener never runs (or a later commit of the same
+            # session sends a spurious hint, which costs a relay one empty read).
+            engine = bind if isinstance(bind, Engine) else bind.engine
+            notifier = PostCommitNotifier.for_engine(engine)
+            channel = notify_channel(self.table)
+            event.listen(session, "after_commit", lambda _: notifier.notify(channel), once=True)
 
 
 def register_saga(
