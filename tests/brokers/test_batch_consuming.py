@@ -160,6 +160,39 @@ async def test_a_batch_commits_once_and_is_acked_after_the_commit(
     assert late == [("marker", 1)]
 
 
+class PathsTaken:
+    """Wraps the inbox consumer, noting whether deliveries came one by one or as batches."""
+
+    def __init__(self, runner: InboxConsumer) -> None:
+        self.runner = runner
+        self.batch_sizes: list[int] = []
+        self.singles = 0
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.singles += 1
+        await self.runner(delivery)
+
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        self.batch_sizes.append(len(deliveries))
+        await self.runner.handle_batch(deliveries)
+
+
+async def test_a_lone_message_goes_through_the_group_commit_too(
+    bus: Bus, engine: AsyncEngine
+) -> None:
+    # So that what other partitions fetch meanwhile joins its commit: no transaction per message.
+    runner = InboxConsumer("lone", engine, Effects())
+    paths = PathsTaken(runner)
+    client = await bus.client()
+    consumer = await client.consume("g", paths)
+    publisher = await bus.client()
+    await bus.publish_all(publisher, [probe("alone", 1)])
+    await eventually(lambda: runner.handled == 1, "the message was handled")
+    assert (paths.batch_sizes, paths.singles) == ([1], 0)
+    assert await applied(engine) == [("alone", 1)]
+    await consumer.stop()
+
+
 async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_rest_applied_once(
     bus: Bus, engine: AsyncEngine
 ) -> None:

@@ -175,18 +175,20 @@ class _MemoryConsumer:
                 partition.changed.clear()
                 await partition.changed.wait()
                 continue
-            if len(partition.queue) > 1:
-                batch = list(itertools.islice(partition.queue, topology.prefetch))
-                deliveries = [
-                    Delivery(m.body, dict(m.headers), index, m.deliveries + 1, m.broker_id)
-                    for m in batch
-                ]
-                if await self._batches.run(deliveries):
-                    for message in batch:
-                        message.deliveries += 1
-                        if partition.queue and partition.queue[0] is message:
-                            partition.queue.popleft()
-                    continue
+            # Even one message goes to the group commit, as on the real brokers.
+            batch = list(itertools.islice(partition.queue, topology.prefetch))
+            deliveries = [
+                Delivery(m.body, dict(m.headers), index, m.deliveries + 1, m.broker_id)
+                for m in batch
+            ]
+            if await self._batches.run(deliveries):
+                for message in batch:
+                    message.deliveries += 1
+                    if partition.queue and partition.queue[0] is message:
+                        partition.queue.popleft()
+                continue
+            if not partition.queue:
+                continue  # taken meanwhile (the consumer is stopping or gave the partition up)
             # The message stays at the head while it is handled: if this consumer dies or the
             # handler fails, it is the next one delivered from this partition.
             message = partition.queue[0]

@@ -464,8 +464,11 @@ class _RedisConsumer:
     async def _handle_batch(
         self, partition: int, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
     ) -> bool:
-        """Handle consecutive entries in one go (one commit, one XACK); False: one by one."""
-        if len(entries) < 2 or not all(fields for _, fields in entries):
+        """Handle consecutive entries in one go (one commit, one XACK); False: one by one.
+
+        A single entry goes this way too: the group commit then lets what other partitions
+        read meanwhile join the next commit, instead of a transaction per message."""
+        if not entries or not all(fields for _, fields in entries):
             return False
         deliveries = [
             _delivery(
