@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    bindparam,
     func,
     insert,
     select,
@@ -184,6 +185,35 @@ def test_direct_statements_convert_types_like_sqlalchemy(tables: Engine) -> None
         assert row.key == key
         assert row.at.replace(tzinfo=UTC) == at
         assert conn.execute(select(func.count()).select_from(typed)).scalar_one() == 3
+
+
+#: Parameters given in an order unlike the statement's, values bound inside the statement (the
+#: datetime, processed on SQLite, and the LIMIT), and a typed one given as None.
+SELECT_MIXED = (
+    select(typed.c.id)
+    .where(
+        typed.c.at >= datetime(2026, 1, 1, tzinfo=UTC),
+        typed.c.id > bindparam("low"),
+        (typed.c.key == bindparam("key")) | (bindparam("key") == None),  # noqa: E711
+        typed.c.id < bindparam("high"),
+    )
+    .order_by(typed.c.id)
+    .limit(2)
+)
+
+
+def test_direct_statements_bind_given_and_embedded_values_in_place(tables: Engine) -> None:
+    at = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    keys = [uuid.uuid4() for _ in range(5)]
+    with tables.begin() as conn:
+        rows = [{"id": n, "key": key, "at": at} for n, key in enumerate(keys, start=1)]
+        execute_direct(conn, INSERT_TYPED, rows, fetch=False)
+    with tables.connect() as conn:
+        given = {"high": 5, "key": None, "low": 1}
+        assert [row[0] for row in execute_direct(conn, SELECT_MIXED, given)] == [2, 3]
+        given = {"high": 9, "key": keys[3], "low": 0}
+        assert [row[0] for row in execute_direct(conn, SELECT_MIXED, given)] == [4]
+        assert [row[0] for row in conn.execute(SELECT_MIXED, given)] == [4], "as SQLAlchemy"
 
 
 def test_direct_errors_are_sqlalchemy_errors_and_the_batch_is_atomic(tables: Engine) -> None:

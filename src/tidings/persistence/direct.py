@@ -45,12 +45,13 @@ class Direct:
 class _Compiled:
     statement: Executable
     sql: str
-    #: Parameter names in order, for positional paramstyles (None: the driver takes a dict).
-    order: tuple[str, ...] | None
     #: Values bound inside the statement itself (a LIMIT, for instance).
     defaults: dict[str, Any]
     #: Bind processors of the parameters that have one.
     processors: dict[str, Processor]
+    #: For positional paramstyles, each position's parameter name and its processor (or None),
+    #: so that binding builds the tuple in one pass (None: the driver takes a mapping).
+    positions: tuple[tuple[str, Processor | None], ...] | None
 
 
 _compiled: dict[tuple[int, str, tuple[str, ...]], _Compiled] = {}
@@ -100,13 +101,26 @@ def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...
     }
     if len(_compiled) >= _MAX_COMPILED:
         _compiled.clear()
+    positions = tuple((name, processors.get(name)) for name in order) if order is not None else None
     found = _compiled[cache_key] = _Compiled(
-        statement, compiled.string, order, defaults, processors
+        statement, compiled.string, defaults, processors, positions
     )
     return found
 
 
 def _bound(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+    positions = compiled.positions
+    if positions is not None:
+        # Values bound in the statement win over (and were processed before) given ones.
+        defaults = compiled.defaults
+        bound = []
+        for name, processor in positions:
+            if name in defaults:
+                bound.append(defaults[name])
+                continue
+            value = params[name]
+            bound.append(value if processor is None or value is None else processor(value))
+        return tuple(bound)
     values = dict(params)
     for name, processor in compiled.processors.items():
         value = values.get(name)
@@ -114,9 +128,7 @@ def _bound(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
             values[name] = processor(value)
     if compiled.defaults:
         values.update(compiled.defaults)
-    if compiled.order is not None:
-        return tuple(values[name] for name in compiled.order)
-    return values
+    return values  # a named paramstyle: the driver takes the mapping
 
 
 def execute_direct(
