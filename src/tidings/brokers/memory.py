@@ -188,7 +188,7 @@ class _MemoryConsumer:
                         partition.queue.popleft()
                 continue
             if not partition.queue:
-                continue  # taken meanwhile (the consumer is stopping or gave the partition up)
+                continue  # emptied while the batch was tried, as the popleft checks allow for
             # The message stays at the head while it is handled: if this consumer dies or the
             # handler fails, it is the next one delivered from this partition.
             message = partition.queue[0]
