@@ -31,6 +31,7 @@ from tidings.eventsourcing.records import (
 from tidings.eventsourcing.replay import replay_rows
 from tidings.eventsourcing.snapshots import SnapshotPolicy, restore, snapshot_row
 from tidings.eventsourcing.tables import EventStoreSchema
+from tidings.persistence.bulk import bulk_insert
 from tidings.persistence.log import Checkpoint, after_bound, read_after, visible
 
 A = TypeVar("A", bound=EventSourcedAggregate)
@@ -45,8 +46,9 @@ class Statements:
 
     def __init__(self, schema: EventStoreSchema) -> None:
         events, snaps = schema.events, schema.snapshots
-        self.insert_events = insert(events)
-        self.insert_snapshots = insert(snaps)
+        # Several rows per append go in as one COPY on PostgreSQL (see persistence.bulk).
+        self.insert_events = bulk_insert(insert(events))
+        self.insert_snapshots = bulk_insert(insert(snaps))
         self.current_version = select(func.max(events.c.stream_version)).where(
             events.c.stream_id == bindparam("stream_id")
         )

@@ -40,6 +40,7 @@ from tidings.core.envelope import Envelope, system_clock
 from tidings.core.messages import to_stored
 from tidings.errors import TidingsError
 from tidings.outbox import tables
+from tidings.persistence.bulk import bulk_insert
 from tidings.persistence.direct import Direct
 from tidings.persistence.sql import Params
 
@@ -194,7 +195,8 @@ def _insert_into(table: Table) -> Executable:
     its compiled form by statement, and participants are often made per unit of work."""
     found = _inserts.get(table)
     if found is None:
-        found = _inserts[table] = insert(table)
+        # Several rows per commit go in as one COPY on PostgreSQL (see persistence.bulk).
+        found = _inserts[table] = bulk_insert(insert(table))
     return found
 
 

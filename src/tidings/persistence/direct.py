@@ -16,6 +16,10 @@ is most of the work, so those statements run here instead:
   parameters), exactly as ``Connection.execute`` raises them, and a lost connection is
   invalidated so the pool does not hand it out again.
 
+Several rows for an INSERT marked with :func:`tidings.persistence.bulk.bulk_insert` (the outbox's,
+the event store's) go to PostgreSQL as one binary ``COPY`` instead of ``executemany``, when every
+value is one ``COPY`` sends as the INSERT would (see :mod:`tidings.persistence.bulk`).
+
 Result rows come back as the driver returns them (no result processors), so reads must select
 columns whose driver values are what the caller wants (integers, strings, bytes).
 """
@@ -23,7 +27,7 @@ columns whose driver values are what the caller wants (integers, strings, bytes)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +35,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
-Processor = Callable[[Any], Any]
+from tidings.persistence.bulk import CopyForm, Processor, copy_form, run_copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ class _Compiled:
     #: For positional paramstyles, each position's parameter name and its processor (or None),
     #: so that binding builds the tuple in one pass (None: the driver takes a mapping).
     positions: tuple[tuple[str, Processor | None], ...] | None
+    #: For an INSERT marked with :func:`tidings.persistence.bulk.bulk_insert`, on psycopg: how
+    #: to send several rows as one ``COPY`` instead of ``executemany``.
+    copy: CopyForm | None
 
 
 _compiled: dict[tuple[int, str, tuple[str, ...]], _Compiled] = {}
@@ -102,8 +109,9 @@ def _compile(statement: Executable, connection: Connection, keys: tuple[str, ...
     if len(_compiled) >= _MAX_COMPILED:
         _compiled.clear()
     positions = tuple((name, processors.get(name)) for name in order) if order is not None else None
+    copy = copy_form(statement, compiled.string, dialect, keys)
     found = _compiled[cache_key] = _Compiled(
-        statement, compiled.string, defaults, processors, positions
+        statement, compiled.string, defaults, processors, positions, copy
     )
     return found
 
@@ -163,6 +171,11 @@ def execute_direct(
     # costs extra round trips for a single statement.
     many = len(rows) > 1
     compiled = _compile(statement, connection, tuple(rows[0]))
+    if many and compiled.copy is not None:
+        values = compiled.copy.rows(rows)
+        if values is not None:
+            _copy(connection, compiled.copy, values)
+            return []
     bound: Any = [_bound(compiled, row) for row in rows] if many else _bound(compiled, rows[0])
     driver = connection.connection.dbapi_connection
     switch = standalone and getattr(driver, "autocommit", True) is False
@@ -181,6 +194,16 @@ def execute_direct(
         cursor.close()
         if switch and not connection.invalidated:
             driver.autocommit = False  # type: ignore[union-attr]
+
+
+def _copy(connection: Connection, form: CopyForm, values: list[Any]) -> None:
+    cursor = connection.connection.cursor()
+    try:
+        run_copy(cursor, form, values)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(connection, form.sql, values, exc, cursor) from exc
+    finally:
+        cursor.close()
 
 
 def update_direct(connection: Connection, statement: Executable, params: Mapping[str, Any]) -> int:
