@@ -70,6 +70,12 @@ effects = Table(
 
 #: Built once: a statement object reused with parameters skips SQLAlchemy's per-call building.
 INSERT_EFFECT = insert(effects)
+#: A batch's effects in one statement with one array per column: psycopg's executemany costs
+#: about 35 microseconds of CPU per row, these arrays a few.
+INSERT_EFFECTS = text(
+    "INSERT INTO bench_broker_effects (stream, n)"
+    " SELECT * FROM unnest(CAST(:streams AS VARCHAR[]), CAST(:ns AS INTEGER[]))"
+)
 
 
 @event(name="bench.brokers.Counted")
@@ -255,7 +261,7 @@ class Probe:
     """The consumer's business logic: one effect row per event, committed with the inbox rows.
 
     ``handle_many`` is the batch form the inbox uses for a batch's new messages: the same rows,
-    in one statement (one round trip) instead of one per event.
+    in one statement (one round trip, one array per column) instead of one per event.
     """
 
     async def __call__(self, envelope: Envelope[Any], session: AsyncSession) -> None:
@@ -263,8 +269,9 @@ class Probe:
         await session.execute(INSERT_EFFECT, {"stream": event.stream, "n": event.n})
 
     async def handle_many(self, envelopes: Sequence[Envelope[Any]], session: AsyncSession) -> None:
+        events = [envelope.event for envelope in envelopes]
         await session.execute(
-            INSERT_EFFECT, [{"stream": e.event.stream, "n": e.event.n} for e in envelopes]
+            INSERT_EFFECTS, {"streams": [e.stream for e in events], "ns": [e.n for e in events]}
         )
 
 
