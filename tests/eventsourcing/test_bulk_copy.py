@@ -27,14 +27,26 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings import Handlers, Timing
 from tidings.errors import ConcurrencyError
-from tidings.eventsourcing import EventStore
+from tidings.eventsourcing import (
+    AsyncEventSourcedRepository,
+    AsyncEventStore,
+    EventStore,
+    EventStoreParticipant,
+    default_schema,
+)
+from tidings.outbox import OutboxParticipant
+from tidings.outbox import metadata as outbox_metadata
+from tidings.outbox import tables as outbox_tables
 from tidings.persistence import direct
 from tidings.persistence.bulk import bulk_insert
 from tidings.persistence.direct import execute_direct
+from tidings.persistence.sql import AsyncSqlUnitOfWork
 from tidings.persistence.values import as_utc
-from tidings.testing.store_contract import ContractAccount, fresh_id
+from tidings.testing.store_contract import ContractAccount, Deposited, Opened, fresh_id
 
 loaded = Table(
     "bulk_copy_rows",
@@ -68,7 +80,13 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(len(rows))
         real(cursor, form, rows)
 
+    async def counting_async(cursor: Any, form: Any, rows: Any) -> None:
+        seen.append(len(rows))
+        await real_async(cursor, form, rows)
+
+    real_async = direct.run_copy_async
     monkeypatch.setattr(direct, "run_copy", counting)
+    monkeypatch.setattr(direct, "run_copy_async", counting_async)
     return seen
 
 
@@ -172,3 +190,49 @@ def test_a_stale_save_of_many_events_is_a_concurrency_error(
     assert caught.value.stream_id == f"ContractAccount-{account_id}"
     assert len(store.read_stream(caught.value.stream_id)) == 4, "nothing stale was stored"
     assert copies == on_postgres(engine, [2, 2, 2])
+
+
+async def test_asyncio_copies_on_postgres(pg_async_engine: AsyncEngine, copies: list[int]) -> None:
+    await check_asyncio_bulk_inserts(pg_async_engine)
+    assert copies == [3, 3, 2], "events and outbox rows of the unit of work; the stale save"
+
+
+async def test_asyncio_on_sqlite_keeps_executemany(
+    sqlite_async_engine: AsyncEngine, copies: list[int]
+) -> None:
+    await check_asyncio_bulk_inserts(sqlite_async_engine)
+    assert copies == []
+
+
+async def check_asyncio_bulk_inserts(engine: AsyncEngine) -> None:
+    """An asyncio unit of work writes events and outbox rows; a stale asyncio save conflicts."""
+    await default_schema.create_all_async(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(outbox_metadata.create_all)
+    handlers = Handlers()
+    for event_type in (Opened, Deposited):
+        handlers.add(event_type, lambda event: None, when=Timing.AFTER_COMMIT, name="bulk")
+    participant = EventStoreParticipant()
+    uow = AsyncSqlUnitOfWork(engine, participants=[participant, OutboxParticipant(handlers)])
+    account_id = fresh_id()
+    async with uow:
+        account = ContractAccount.open(account_id, "bulk")
+        account.deposit(1)
+        account.deposit(2)
+        AsyncEventSourcedRepository(uow, participant).add(account)
+        await uow.commit()
+    store = AsyncEventStore(engine, cache=None)
+    stale = await store.load(ContractAccount, account_id)
+    fresh = await store.load(ContractAccount, account_id)
+    fresh.deposit(3)
+    await store.save(fresh)
+    stale.deposit(4)
+    stale.deposit(5)
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.save(stale)
+    assert caught.value.actual_version == 4
+    stream = f"ContractAccount-{account_id}"
+    assert [e.event.stream_version for e in await store.read_stream(stream)] == [1, 2, 3, 4]
+    async with engine.connect() as conn:
+        outbox = (await conn.execute(select(outbox_tables.outbox.c.stream_version))).scalars()
+        assert sorted(outbox) == [1, 2, 3]

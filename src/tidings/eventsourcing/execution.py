@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
 from tidings.errors import ConcurrencyError, StoreError, TidingsError
-from tidings.persistence.direct import execute_direct
+from tidings.persistence.direct import copy_direct_async, execute_direct
 
 T = TypeVar("T")
 
@@ -88,6 +88,16 @@ async def run_async(target: AsyncConnection | AsyncSession, plan: Plan[T]) -> T:
     try:
         query = next(plan)
         while True:
+            if query.direct and not query.fetch:
+                # Several rows of a bulk insert go in as one COPY on PostgreSQL.
+                connection = (
+                    await target.connection(bind_arguments={"clause": query.statement})
+                    if isinstance(target, AsyncSession)
+                    else target
+                )
+                if await copy_direct_async(connection, query.statement, query.params):
+                    query = plan.send(())
+                    continue
             result = await target.execute(query.statement, query.params)
             query = plan.send(result.all() if query.fetch else ())
     except StopIteration as done:

@@ -193,3 +193,12 @@ def run_copy(cursor: Any, form: CopyForm, rows: Sequence[Any]) -> None:
         write = copy.write_row
         for row in rows:
             write(row)
+
+
+async def run_copy_async(cursor: Any, form: CopyForm, rows: Sequence[Any]) -> None:
+    """:func:`run_copy` on a psycopg ``AsyncCursor``."""
+    async with cursor.copy(form.sql) as copy:
+        copy.set_types(list(form.types))
+        write = copy.write_row
+        for row in rows:
+            await write(row)

@@ -33,9 +33,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 
-from tidings.persistence.bulk import CopyForm, Processor, copy_form, run_copy
+from tidings.persistence.bulk import CopyForm, Processor, copy_form, run_copy, run_copy_async
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,31 @@ def _copy(connection: Connection, form: CopyForm, values: list[Any]) -> None:
         raise _wrapped(connection, form.sql, values, exc, cursor) from exc
     finally:
         cursor.close()
+
+
+async def copy_direct_async(
+    connection: AsyncConnection, statement: Executable, params: Any
+) -> bool:
+    """On asyncio: run an INSERT with several rows as one ``COPY`` when it qualifies (see
+    :mod:`tidings.persistence.bulk`), in ``connection``'s transaction; False if it does not
+    (the caller then executes it the usual way)."""
+    if not isinstance(params, Sequence) or len(params) < 2:
+        return False
+    sync = connection.sync_connection
+    assert sync is not None
+    form = _compile(statement, sync, tuple(params[0])).copy
+    values = form.rows(params) if form is not None else None
+    if form is None or values is None:
+        return False
+    raw = await connection.get_raw_connection()
+    cursor = raw.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        await run_copy_async(cursor, form, values)
+    except sync.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(sync, form.sql, values, exc, cursor) from exc
+    finally:
+        await cursor.close()
+    return True
 
 
 def update_direct(connection: Connection, statement: Executable, params: Mapping[str, Any]) -> int:

@@ -25,7 +25,7 @@ from tidings.core.aggregate import Aggregate
 from tidings.core.commit import CommitBatch
 from tidings.core.unit_of_work import AsyncUnitOfWork, UnitOfWork, UnitOfWorkBase
 from tidings.errors import StoreError, TidingsError
-from tidings.persistence.direct import Direct, execute_direct
+from tidings.persistence.direct import Direct, copy_direct_async, execute_direct
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -306,9 +306,15 @@ class AsyncSqlUnitOfWork(AsyncUnitOfWork, _SqlCommon):
         try:
             await self.session.flush()
             for statement, params in self._all_statements(batch):
-                # Direct execution is a synchronous-driver optimisation; run it the usual way.
+                # Direct execution is a synchronous-driver optimisation, but for bulk inserts
+                # (one COPY on PostgreSQL); anything else runs the usual way.
                 if isinstance(statement, Direct):
                     statement = statement.statement
+                    connection = await self.session.connection(
+                        bind_arguments={"clause": statement}  # several binds: this table's
+                    )
+                    if await copy_direct_async(connection, statement, params):
+                        continue
                 await self.session.execute(statement, params)
         except SQLAlchemyError as exc:
             raise _translate(exc, self.participants) from exc
