@@ -11,9 +11,10 @@ take their defaults (the log's sequence and transaction id), constraints and row
 and a violation raises the same error (unique, foreign key), so callers translate it as before.
 It cannot evaluate SQL expressions as values, and binary ``COPY`` must be told each column's
 type, so a statement qualifies only when it is a plain ``INSERT`` of bound values into columns
-of the types in :data:`_COPY_TYPES`. Statements opt in with :func:`bulk_insert`; the values
-must be what psycopg's binary dumpers take for those types (``UUID`` objects for ``uuid``,
-``bytes`` for ``bytea``, aware datetimes for ``timestamptz``), which tidings' own rows are.
+of the types in :data:`_COPY_TYPES`. Statements opt in with :func:`bulk_insert`. Each batch's
+values are checked first against what the binary dumpers send as the INSERT would (``UUID``
+objects for ``uuid``, aware datetimes for ``timestamptz``, integers in the column's range); a
+batch with any other value keeps ``executemany``, and so its old result or error.
 """
 
 from __future__ import annotations
