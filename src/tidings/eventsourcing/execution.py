@@ -88,16 +88,14 @@ async def run_async(target: AsyncConnection | AsyncSession, plan: Plan[T]) -> T:
     try:
         query = next(plan)
         while True:
-            if query.direct and not query.fetch:
-                # Several rows of a bulk insert go in as one COPY on PostgreSQL.
-                connection = (
-                    await target.connection(bind_arguments={"clause": query.statement})
-                    if isinstance(target, AsyncSession)
-                    else target
-                )
-                if await copy_direct_async(connection, query.statement, query.params):
-                    query = plan.send(())
-                    continue
+            # Several rows of a bulk insert go in as one COPY on PostgreSQL.
+            if (
+                query.direct
+                and not query.fetch
+                and await copy_direct_async(target, query.statement, query.params)
+            ):
+                query = plan.send(())
+                continue
             result = await target.execute(query.statement, query.params)
             query = plan.send(result.all() if query.fetch else ())
     except StopIteration as done:

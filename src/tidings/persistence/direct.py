@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.base import Executable
 
 from tidings.persistence.bulk import CopyForm, Processor, copy_form, run_copy, run_copy_async
@@ -208,13 +208,19 @@ def _copy(connection: Connection, form: CopyForm, values: list[Any]) -> None:
 
 
 async def copy_direct_async(
-    connection: AsyncConnection, statement: Executable, params: Any
+    target: AsyncConnection | AsyncSession, statement: Executable, params: Any
 ) -> bool:
     """On asyncio: run an INSERT with several rows as one ``COPY`` when it qualifies (see
-    :mod:`tidings.persistence.bulk`), in ``connection``'s transaction; False if it does not
+    :mod:`tidings.persistence.bulk`), in ``target``'s transaction; False if it does not
     (the caller then executes it the usual way)."""
     if not isinstance(params, Sequence) or len(params) < 2:
-        return False
+        return False  # before asking a session for its connection: one-row inserts are common
+    connection = (
+        # Several binds: the connection of this statement's table.
+        await target.connection(bind_arguments={"clause": statement})
+        if isinstance(target, AsyncSession)
+        else target
+    )
     sync = connection.sync_connection
     assert sync is not None
     form = _compile(statement, sync, tuple(params[0])).copy

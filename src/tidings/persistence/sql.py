@@ -310,10 +310,7 @@ class AsyncSqlUnitOfWork(AsyncUnitOfWork, _SqlCommon):
                 # (one COPY on PostgreSQL); anything else runs the usual way.
                 if isinstance(statement, Direct):
                     statement = statement.statement
-                    connection = await self.session.connection(
-                        bind_arguments={"clause": statement}  # several binds: this table's
-                    )
-                    if await copy_direct_async(connection, statement, params):
+                    if await copy_direct_async(self.session, statement, params):
                         continue
                 await self.session.execute(statement, params)
         except SQLAlchemyError as exc:
