@@ -32,6 +32,9 @@ from tidings.errors import ConfigurationError
 _recording_sequence = itertools.count(1)
 
 _PENDING = "_tidings_pending"
+#: The pending list's type, built once: subscripting ``Envelope[Any]`` at run time goes through
+#: typing's cache, a few microseconds on every record().
+_PendingList = list[tuple[int, Envelope[Any]]]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -93,7 +96,7 @@ class Aggregate:
         pending = self.__dict__.get(_PENDING)
         if pending is None:
             pending = self.__dict__[_PENDING] = []
-        return cast(list[tuple[int, Envelope[Any]]], pending)
+        return cast(_PendingList, pending)
 
     def _committed(self, up_to_sequence: int) -> None:
         """Called by the unit of work after a successful commit."""

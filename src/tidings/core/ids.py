@@ -3,6 +3,13 @@
 Python gained ``uuid.uuid7`` only in 3.14; this is a small, dependency-free generator. Ids made in
 one process are strictly increasing: within one millisecond a 12-bit counter (``rand_a``) orders
 them, and if it overflows the timestamp is advanced by one millisecond rather than going back.
+
+The random bits come from ``os.urandom`` in blocks of 4 KiB (512 ids), not 8 bytes per id: each
+``os.urandom`` call releases the GIL for its system call, and in a process whose other threads
+are busy (a relay, a consumer, the application) getting it back can take up to the interpreter's
+switch interval (5 ms). One such wait per event made a unit of work committing 100 events
+twenty times slower under load. A forked child starts with an empty block of its own, so parent
+and child never hand out the same bits.
 """
 
 from __future__ import annotations
@@ -16,6 +23,36 @@ _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 
+_BLOCK = 4096
+_random_block = b""
+_random_used = 0
+
+
+def _forget_random_block() -> None:
+    global _random_block, _random_used
+    _random_block, _random_used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random_block)
+
+
+def random_bytes(count: int) -> bytes:
+    """``count`` bytes from the operating system's CSPRNG, served from a shared block.
+
+    Safe for nonces and unguessable ids (the bytes are ``os.urandom``'s, each handed out once),
+    and cheaper than ``os.urandom`` per call when called once per event (see the module doc).
+    """
+    global _random_block, _random_used
+    if count > _BLOCK // 8:
+        return os.urandom(count)
+    with _lock:
+        start = _random_used
+        if start + count > len(_random_block):
+            _random_block, start = os.urandom(_BLOCK), 0
+        _random_used = start + count
+        return _random_block[start : start + count]
+
+
 _VERSION_7 = 0x7 << 76
 _VARIANT_RFC = 0x2 << 62
 
@@ -24,7 +61,7 @@ def uuid7() -> UUID:
     """Return a new UUIDv7, strictly greater than any earlier one from this process."""
     global _last_ms, _counter
     now_ms = time.time_ns() // 1_000_000
-    tail = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    tail = int.from_bytes(random_bytes(8), "big") & ((1 << 62) - 1)
     with _lock:
         if now_ms > _last_ms:
             _last_ms = now_ms

@@ -53,8 +53,9 @@ class _StoreConfig:
         self.cache = cache_option(cache)
 
     def _finish_save(self, batch: CommitBatch) -> None:
+        last_sequence = batch.last_sequence  # a max over the batch: once, not per aggregate
         for aggregate in batch.aggregates:
-            aggregate._committed(batch.last_sequence)
+            aggregate._committed(last_sequence)
         if self.cache is not None:
             self.cache.keep(batch.aggregates)
 

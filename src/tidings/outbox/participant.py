@@ -37,7 +37,6 @@ from tidings.core.codec import Codec, default_codec
 from tidings.core.commit import CommitBatch
 from tidings.core.dispatch import Handlers
 from tidings.core.envelope import Envelope, system_clock
-from tidings.core.messages import to_stored
 from tidings.errors import TidingsError
 from tidings.outbox import tables
 from tidings.persistence.bulk import bulk_insert
@@ -247,7 +246,7 @@ class OutboxParticipant:
         rows = []
         for envelope in batch.envelopes:
             if self.wanted(envelope):
-                row = tables.row_from_stored(to_stored(envelope, self.codec))
+                row = tables.row_from_envelope(envelope, self.codec)
                 if recorded_at is not None:
                     row["recorded_at"] = recorded_at
                 rows.append(row)

@@ -45,6 +45,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from tidings.core.codec import Codec
+from tidings.core.envelope import Envelope
 from tidings.core.messages import METADATA_FIELDS, StoredEvent
 from tidings.persistence import values
 from tidings.persistence.log import install_tx_default, log_columns
@@ -222,6 +224,28 @@ def row_from_stored(stored: StoredEvent) -> dict[str, Any]:
     row["headers"] = json.dumps(stored.headers, sort_keys=True)
     row["payload"] = stored.payload
     return row
+
+
+def row_from_envelope(envelope: Envelope[Any], codec: Codec) -> dict[str, Any]:
+    """``row_from_stored(to_stored(envelope, codec))``, without the intermediate StoredEvent.
+
+    A unit of work writes one such row per event; skipping the frozen dataclass and the
+    attribute-by-attribute copy saves several microseconds each.
+    """
+    headers = envelope.headers
+    return {
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "event_version": envelope.event_version,
+        "stream_id": envelope.stream_id,
+        "stream_version": envelope.stream_version,
+        "occurred_at": envelope.occurred_at,
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        "producer": envelope.producer,
+        "headers": json.dumps(headers, sort_keys=True) if headers else "{}",
+        "payload": codec.encode_payload(envelope.event),
+    }
 
 
 def as_utc(value: Any) -> datetime | None:

@@ -25,7 +25,6 @@ from tidings.core.dispatch import HandlerContext, Handlers, Timing
 from tidings.core.envelope import Envelope, system_clock
 from tidings.core.events import spec_of
 from tidings.core.ids import uuid7
-from tidings.core.messages import to_stored
 from tidings.errors import ConfigurationError
 from tidings.outbox import tables as outbox_tables
 from tidings.outbox.participant import PostCommitNotifier, notify_channel
@@ -75,7 +74,7 @@ class OutboxCommands:
                 causation_id=cause.event_id if cause is not None else None,
                 producer=self.producer or (cause.producer if cause is not None else None),
             )
-            row = outbox_tables.row_from_stored(to_stored(envelope, self.codec))
+            row = outbox_tables.row_from_envelope(envelope, self.codec)
             row["recorded_at"] = now
             rows.append(row)
         if not rows:

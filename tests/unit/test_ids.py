@@ -1,0 +1,77 @@
+"""The random bits behind UUIDv7 ids: from os.urandom, in blocks, never handed out twice."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tidings.core import ids
+from tidings.core.ids import random_bytes, uuid7
+
+
+def test_random_bytes_gives_the_length_asked_for() -> None:
+    assert [len(random_bytes(n)) for n in (1, 8, 12, 500, 4096, 10_000)] == [
+        1,
+        8,
+        12,
+        500,
+        4096,
+        10_000,
+    ]
+
+
+def test_no_bytes_are_handed_out_twice_across_blocks() -> None:
+    chunks = [random_bytes(8) for _ in range(3000)]  # several 4 KiB blocks
+    assert len(set(chunks)) == len(chunks)
+
+
+def test_ids_call_the_operating_system_once_per_block_not_once_per_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each os.urandom call releases the GIL; per id, that cost a wait for it under load.
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(count: int) -> bytes:
+        calls.append(count)
+        return real(count)
+
+    monkeypatch.setattr(ids.os, "urandom", counting)
+    made = {uuid7() for _ in range(2000)}
+    assert len(made) == 2000
+    assert 1 <= len(calls) <= 2000 * 8 // 4096 + 1
+
+
+def test_ids_made_by_concurrent_threads_are_all_distinct() -> None:
+    made: list[list[object]] = [[] for _ in range(4)]
+
+    def make(into: list[object]) -> None:
+        into.extend(uuid7() for _ in range(5000))
+
+    threads = [threading.Thread(target=make, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [value for into in made for value in into]
+    assert len(set(every)) == len(every) == 20_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
+    random_bytes(8)  # the parent holds a partly used block
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send what it would hand out next, and leave at once
+        try:
+            os.write(writer, random_bytes(8))
+        finally:
+            os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 8)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert len(child) == 8
+    assert child != random_bytes(8)
