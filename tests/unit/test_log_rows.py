@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.eventsourcing.records import row_to_entry
+from tidings import event
+from tidings.core.codec import Codec
+from tidings.core.registry import EventRegistry
+from tidings.errors import UnreadableEvent
+from tidings.eventsourcing.records import row_to_entry, row_to_envelope
+from tidings.persistence.log import Checkpoint
 
 
 def row(event_id: object, occurred_at: object, correlation_id: object, causation: object) -> tuple:
@@ -52,3 +57,56 @@ def test_a_malformed_stored_uuid_is_an_error_not_a_wrong_id() -> None:
         row_to_entry(row("not-a-uuid", datetime.now(UTC), uuid.uuid4(), None))
     with pytest.raises(ValueError):
         row_to_entry(row("z" * 32, datetime.now(UTC), uuid.uuid4(), None))
+
+
+@event(name="t.Happened")
+class Happened:
+    amount: int
+
+
+def happened_row(
+    *,
+    payload: object = b'{"amount":5}',
+    headers: str = "{}",
+    causation: object = None,
+    stream: tuple[object, object] = ("S-1", 3),
+) -> tuple:
+    moment = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
+    return (
+        12, 4, uuid.uuid4().hex, "t.Happened", 1, stream[0], stream[1], None,
+        moment.replace(tzinfo=None).isoformat(sep=" "), uuid.uuid4().hex, causation,
+        "billing", headers, payload,
+    )  # fmt: skip
+
+
+def happened_codec() -> Codec:
+    registry = EventRegistry()
+    registry.register(Happened)
+    return Codec(registry)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        happened_row(),
+        happened_row(headers='{"traceparent":"00-x","b":"\\u00fc"}', causation=uuid.uuid4().hex),
+        happened_row(payload=memoryview(b'{"amount":7}'), stream=(None, None)),
+    ],
+)
+def test_a_row_decodes_straight_to_the_envelope_its_entry_decodes_to(stored: tuple) -> None:
+    codec = happened_codec()
+    entry = row_to_entry(stored)
+    checkpoint, envelope = row_to_envelope(stored, codec)
+    assert checkpoint == entry.checkpoint == Checkpoint(4, 12)
+    assert envelope == entry.decode(codec)
+
+
+def test_a_row_that_will_not_decode_names_its_stream_version_and_type() -> None:
+    codec = happened_codec()
+    broken = happened_row(payload=b'{"amount":"five"}')
+    with pytest.raises(UnreadableEvent) as straight:
+        row_to_envelope(broken, codec)
+    with pytest.raises(UnreadableEvent) as via_entry:
+        row_to_entry(broken).decode(codec)
+    assert str(straight.value) == str(via_entry.value)
+    assert "S-1" in str(straight.value) and "t.Happened" in str(straight.value)

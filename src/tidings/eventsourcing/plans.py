@@ -16,6 +16,7 @@ from sqlalchemy import Integer, Select, and_, bindparam, false, func, insert, or
 from tidings.core.aggregate import EventSourcedAggregate
 from tidings.core.codec import Codec
 from tidings.core.commit import CommitBatch
+from tidings.core.envelope import Envelope
 from tidings.core.events import is_event_class, spec_of
 from tidings.errors import ConcurrencyError, StreamNotFound
 from tidings.eventsourcing.cache import AggregateCache
@@ -26,6 +27,7 @@ from tidings.eventsourcing.records import (
     envelope_row,
     new_event_rows,
     require_aware,
+    row_to_envelope,
     rows_to_entries,
 )
 from tidings.eventsourcing.replay import replay_rows
@@ -359,6 +361,41 @@ def read_log(
     rows = yield Query(statement)
     entries = rows_to_entries(rows)
     return LogPage(entries, entries[-1].checkpoint if entries else after)
+
+
+def read_log_decoded(
+    schema: EventStoreSchema,
+    dialect_name: str,
+    after: Checkpoint,
+    codec: Codec,
+    *,
+    limit: int = 1000,
+    types: Iterable[str | type] | None = None,
+    stream_prefix: str | None = None,
+) -> Plan[tuple[list[Envelope[Any]], Checkpoint]]:
+    """A page of the global log as :func:`read_log` reads it, decoded: the envelopes and the
+    checkpoint to continue from. Projections read this way (each row straight to its
+    envelope); a codec failure is an :class:`~tidings.errors.UnreadableEvent`."""
+    if not isinstance(after, Checkpoint):
+        raise ValueError(f"after must be a Checkpoint, got {after!r}")
+    limit = _positive(limit, "limit")
+    prebuilt = log_page_statement(schema, dialect_name, type_names(types), stream_prefix)
+    if prebuilt is None:
+        page = yield from read_log(
+            schema, dialect_name, after, limit=limit, types=types, stream_prefix=stream_prefix
+        )
+        return [entry.decode(codec) for entry in page.entries], page.next
+    rows = yield Query(
+        prebuilt,
+        {"after_tx": after.tx, "after_position": after.position, "page_limit": limit},
+        direct=True,
+    )
+    envelopes: list[Envelope[Any]] = []
+    checkpoint = after
+    for row in rows:
+        checkpoint, envelope = row_to_envelope(row, codec)
+        envelopes.append(envelope)
+    return envelopes, checkpoint
 
 
 def load_through(

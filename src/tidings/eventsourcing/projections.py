@@ -235,33 +235,33 @@ class ProjectionRunner:
             raise ConfigurationError(
                 f"projection {self.projection.name!r} has no generation {generation}"
             )
-        page = run(
+        envelopes, next_checkpoint = run(
             conn,
-            plans.read_log(
+            plans.read_log_decoded(
                 self.schema,
                 conn.dialect.name,
                 Checkpoint(int(row.tx), int(row.position)),
+                self.codec,
                 limit=self.page_size,
                 types=self._filters,
                 stream_prefix=self.projection.stream_prefix,
             ),
         )
-        if not page.entries:
+        if not envelopes:
             return 0
         tables = self._model(generation)[1]
-        codec = self.codec
-        self.projection.handle_page([entry.decode(codec) for entry in page.entries], conn, tables)
+        self.projection.handle_page(envelopes, conn, tables)
         conn.execute(
             update(table)
             .where(key)
             .values(
-                tx=page.next.tx,
-                position=page.next.position,
-                events_done=table.c.events_done + len(page.entries),
+                tx=next_checkpoint.tx,
+                position=next_checkpoint.position,
+                events_done=table.c.events_done + len(envelopes),
                 updated_at=_now(),
             )
         )
-        return len(page.entries)
+        return len(envelopes)
 
     def _catch_up(
         self,

@@ -192,6 +192,62 @@ def row_to_entry(row: Any) -> LogEntry:
     return LogEntry(tx, position, stored)
 
 
+def row_to_envelope(row: Any, codec: Codec) -> tuple[Checkpoint, Envelope[Any]]:
+    """A full events-table row straight to its checkpoint and decoded envelope.
+
+    What ``row_to_entry(row).decode(codec)`` gives, with the same errors (a codec failure is
+    an :class:`UnreadableEvent` naming the stream, version and type), without building the
+    intermediate :class:`StoredEvent` and :class:`LogEntry`: projections decode every event
+    they read, and those two objects were about a fifth of the cost of a catch-up.
+    """
+    (
+        position,
+        tx,
+        event_id,
+        event_type,
+        event_version,
+        stream_id,
+        stream_version,
+        _previous_version,
+        occurred_at,
+        correlation_id,
+        causation_id,
+        producer,
+        headers,
+        payload,
+    ) = row
+    event_uuid = as_uuid(event_id)
+    moment = as_utc(occurred_at)
+    correlation = as_uuid(correlation_id)
+    causation = None if causation_id is None else as_uuid(causation_id)
+    header_map = (
+        {}
+        if headers == _EMPTY_HEADERS
+        else decode_headers(headers, f"{stream_id}@{stream_version}")
+    )
+    try:
+        event = codec.decode(
+            event_type, event_version, payload if type(payload) is bytes else bytes(payload)
+        )
+        spec = codec.registry.spec(event_type)
+    except CodecError as exc:
+        raise UnreadableEvent(stream_id, stream_version, event_type, str(exc)) from exc
+    envelope: Envelope[Any] = Envelope(
+        event=event,
+        event_id=event_uuid,
+        event_type=spec.name,
+        event_version=spec.version,
+        occurred_at=moment,
+        stream_id=stream_id,
+        stream_version=stream_version,
+        correlation_id=correlation,
+        causation_id=causation,
+        producer=producer,
+        headers=header_map,
+    )
+    return Checkpoint(tx, position), envelope
+
+
 def rows_to_entries(rows: Sequence[Any]) -> list[LogEntry]:
     convert: Callable[[Any], LogEntry] = row_to_entry
     return [convert(row) for row in rows]
