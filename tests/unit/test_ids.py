@@ -22,6 +22,11 @@ def test_random_bytes_gives_the_length_asked_for() -> None:
     ]
 
 
+def test_a_negative_count_is_an_error() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        random_bytes(-1)
+
+
 def test_no_bytes_are_handed_out_twice_across_blocks() -> None:
     chunks = [random_bytes(8) for _ in range(3000)]  # several 4 KiB blocks
     assert len(set(chunks)) == len(chunks)
@@ -75,3 +80,27 @@ def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 8
     assert child != random_bytes(8)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_the_lock_was_held_still_makes_ids() -> None:
+    import select
+    import signal
+
+    reader, writer = os.pipe()
+    with ids._lock:  # as if another thread were making an id at the moment of the fork
+        pid = os.fork()
+        if pid == 0:
+            try:
+                uuid7()
+                os.write(writer, b"ok")
+            finally:
+                os._exit(0)
+    os.close(writer)
+    ready, _, _ = select.select([reader], [], [], 10)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    answer = os.read(reader, 2) if ready else b""
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert answer == b"ok", "the child deadlocked on the lock it inherited"
