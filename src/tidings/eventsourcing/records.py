@@ -154,10 +154,10 @@ class LogPage:
         return len(self.entries)
 
 
-def row_to_entry(row: Any) -> LogEntry:
-    """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded.
-
-    Takes rows converted by SQLAlchemy and rows straight from the driver alike."""
+def _row_fields(row: Any) -> tuple[Any, ...]:
+    """A full events-table row (columns in table order) converted: ``(position, tx)`` and then
+    the :class:`StoredEvent` fields in their order. Rows converted by SQLAlchemy and rows
+    straight from the driver (SQLite's hex UUIDs and naive ISO text) alike."""
     (
         position,
         tx,
@@ -174,7 +174,9 @@ def row_to_entry(row: Any) -> LogEntry:
         headers,
         payload,
     ) = row
-    stored = StoredEvent(
+    return (
+        position,
+        tx,
         as_uuid(event_id),
         event_type,
         event_version,
@@ -189,7 +191,12 @@ def row_to_entry(row: Any) -> LogEntry:
         if headers == _EMPTY_HEADERS
         else decode_headers(headers, f"{stream_id}@{stream_version}"),
     )
-    return LogEntry(tx, position, stored)
+
+
+def row_to_entry(row: Any) -> LogEntry:
+    """A full events-table row (columns in table order) to a :class:`LogEntry`, undecoded."""
+    position, tx, *fields = _row_fields(row)
+    return LogEntry(tx, position, StoredEvent(*fields))
 
 
 def row_to_envelope(row: Any, codec: Codec) -> tuple[Checkpoint, Envelope[Any]]:
@@ -208,42 +215,30 @@ def row_to_envelope(row: Any, codec: Codec) -> tuple[Checkpoint, Envelope[Any]]:
         event_version,
         stream_id,
         stream_version,
-        _previous_version,
         occurred_at,
         correlation_id,
         causation_id,
         producer,
-        headers,
         payload,
-    ) = row
-    event_uuid = as_uuid(event_id)
-    moment = as_utc(occurred_at)
-    correlation = as_uuid(correlation_id)
-    causation = None if causation_id is None else as_uuid(causation_id)
-    header_map = (
-        {}
-        if headers == _EMPTY_HEADERS
-        else decode_headers(headers, f"{stream_id}@{stream_version}")
-    )
+        headers,
+    ) = _row_fields(row)
     try:
-        event = codec.decode(
-            event_type, event_version, payload if type(payload) is bytes else bytes(payload)
-        )
+        event = codec.decode(event_type, event_version, payload)
         spec = codec.registry.spec(event_type)
     except CodecError as exc:
         raise UnreadableEvent(stream_id, stream_version, event_type, str(exc)) from exc
     envelope: Envelope[Any] = Envelope(
         event=event,
-        event_id=event_uuid,
+        event_id=event_id,
         event_type=spec.name,
         event_version=spec.version,
-        occurred_at=moment,
+        occurred_at=occurred_at,
         stream_id=stream_id,
         stream_version=stream_version,
-        correlation_id=correlation,
-        causation_id=causation,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
         producer=producer,
-        headers=header_map,
+        headers=headers,
     )
     return Checkpoint(tx, position), envelope
 
