@@ -332,33 +332,9 @@ def read_log(
     stream_id: str | None = None,
 ) -> Plan[LogPage]:
     """A page of the global log after ``after`` (gap-safe), optionally filtered."""
-    if not isinstance(after, Checkpoint):
-        raise ValueError(f"after must be a Checkpoint, got {after!r}")
-    events = schema.events
-    limit = _positive(limit, "limit")
-    names = type_names(types)
-    prebuilt = (
-        log_page_statement(schema, dialect_name, names, stream_prefix)
-        if stream_id is None
-        else None
+    rows = yield from _log_rows(
+        schema, dialect_name, after, limit, types, stream_prefix=stream_prefix, stream_id=stream_id
     )
-    if prebuilt is not None:
-        # The projection hot path: a prebuilt statement on the driver's cursor.
-        rows = yield Query(
-            prebuilt,
-            {"after_tx": after.tx, "after_position": after.position, "page_limit": limit},
-            direct=True,
-        )
-        entries = rows_to_entries(rows)
-        return LogPage(entries, entries[-1].checkpoint if entries else after)
-    statement = read_after(events, after, dialect_name, limit=limit)
-    if names is not None:
-        statement = statement.where(events.c.event_type.in_(names))
-    if stream_prefix:
-        statement = statement.where(events.c.stream_id.startswith(stream_prefix, autoescape=True))
-    if stream_id is not None:
-        statement = statement.where(events.c.stream_id == stream_id)
-    rows = yield Query(statement)
     entries = rows_to_entries(rows)
     return LogPage(entries, entries[-1].checkpoint if entries else after)
 
@@ -376,26 +352,52 @@ def read_log_decoded(
     """A page of the global log as :func:`read_log` reads it, decoded: the envelopes and the
     checkpoint to continue from. Projections read this way (each row straight to its
     envelope); a codec failure is an :class:`~tidings.errors.UnreadableEvent`."""
-    if not isinstance(after, Checkpoint):
-        raise ValueError(f"after must be a Checkpoint, got {after!r}")
-    limit = _positive(limit, "limit")
-    prebuilt = log_page_statement(schema, dialect_name, type_names(types), stream_prefix)
-    if prebuilt is None:
-        page = yield from read_log(
-            schema, dialect_name, after, limit=limit, types=types, stream_prefix=stream_prefix
-        )
-        return [entry.decode(codec) for entry in page.entries], page.next
-    rows = yield Query(
-        prebuilt,
-        {"after_tx": after.tx, "after_position": after.position, "page_limit": limit},
-        direct=True,
-    )
+    rows = yield from _log_rows(schema, dialect_name, after, limit, types, stream_prefix)
     envelopes: list[Envelope[Any]] = []
     checkpoint = after
     for row in rows:
         checkpoint, envelope = row_to_envelope(row, codec)
         envelopes.append(envelope)
     return envelopes, checkpoint
+
+
+def _log_rows(
+    schema: EventStoreSchema,
+    dialect_name: str,
+    after: Checkpoint,
+    limit: int,
+    types: Iterable[str | type] | None,
+    stream_prefix: str | None,
+    stream_id: str | None = None,
+) -> Plan[Sequence[Any]]:
+    """The full rows (columns in table order) of a page of the global log after ``after``."""
+    if not isinstance(after, Checkpoint):
+        raise ValueError(f"after must be a Checkpoint, got {after!r}")
+    events = schema.events
+    limit = _positive(limit, "limit")
+    names = type_names(types)
+    prebuilt = (
+        log_page_statement(schema, dialect_name, names, stream_prefix)
+        if stream_id is None
+        else None
+    )
+    if prebuilt is not None:
+        # The projection hot path: a prebuilt statement on the driver's cursor.
+        rows: Sequence[Any] = yield Query(
+            prebuilt,
+            {"after_tx": after.tx, "after_position": after.position, "page_limit": limit},
+            direct=True,
+        )
+        return rows
+    statement = read_after(events, after, dialect_name, limit=limit)
+    if names is not None:
+        statement = statement.where(events.c.event_type.in_(names))
+    if stream_prefix:
+        statement = statement.where(events.c.stream_id.startswith(stream_prefix, autoescape=True))
+    if stream_id is not None:
+        statement = statement.where(events.c.stream_id == stream_id)
+    rows = yield Query(statement)
+    return rows
 
 
 def load_through(
