@@ -65,6 +65,12 @@ class CommitBatch:
         # events recorded before the commit began, so later rounds can hold smaller numbers.
         return max(self.sequences, default=0)
 
+    def mark_committed(self) -> None:
+        """Tell each aggregate in the batch that its events up to this batch are committed."""
+        last_sequence = self.last_sequence  # a max over the batch: once, not per aggregate
+        for aggregate in self.aggregates:
+            aggregate._committed(last_sequence)
+
 
 @dataclass(frozen=True, slots=True)
 class Persist:

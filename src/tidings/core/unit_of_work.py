@@ -203,9 +203,7 @@ class UnitOfWorkBase:
     def _finish(self, batch: CommitBatch) -> None:
         self._committed = True
         self.last_commit = batch
-        last_sequence = batch.last_sequence  # a max over the batch: once, not per aggregate
-        for aggregate in batch.aggregates:
-            aggregate._committed(last_sequence)
+        batch.mark_committed()
 
 
 def _annotate(exc: BaseException, subscription: Subscription, envelope: Envelope[Any]) -> None:

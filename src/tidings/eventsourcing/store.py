@@ -53,9 +53,7 @@ class _StoreConfig:
         self.cache = cache_option(cache)
 
     def _finish_save(self, batch: CommitBatch) -> None:
-        last_sequence = batch.last_sequence  # a max over the batch: once, not per aggregate
-        for aggregate in batch.aggregates:
-            aggregate._committed(last_sequence)
+        batch.mark_committed()
         if self.cache is not None:
             self.cache.keep(batch.aggregates)
 
