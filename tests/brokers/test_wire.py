@@ -7,6 +7,8 @@ import sys
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.brokers.port import Topology, partition_of
 from tidings.brokers.wire import HEADERS, decode_message, encode_headers
@@ -46,6 +48,13 @@ def test_metadata_headers_cannot_be_overridden_by_extra_headers() -> None:
         ({"tidings-occurred-at": "2026-01-01T00:00:00"}, "has no time zone"),
         ({"tidings-correlation-id": "123"}, "is not a UUID"),
         ({"tidings-producer": "p" * 5000}, "characters long"),
+        # str.isdigit() accepts these, int() refuses the first and reads the second.
+        ({"tidings-event-version": "\u00b2"}, "must be an integer >= 1"),
+        ({"tidings-stream-version": "\u0661"}, "must be an integer >= 0"),
+        ({"tidings-stream-version": "9" * 20}, "at most 9223372036854775807"),
+        ({"tidings-event-version": " 1"}, "must be an integer >= 1"),
+        ({"tidings-causation-id": "not-a-uuid"}, "header tidings-causation-id is not a UUID"),
+        ({"tidings-stream-id": "s" * 1025}, "header tidings-stream-id is 1025 characters long"),
     ],
 )
 def test_bad_headers_are_rejected_with_the_header_named(change, reason) -> None:  # type: ignore[no-untyped-def]
@@ -57,6 +66,54 @@ def test_bad_headers_are_rejected_with_the_header_named(change, reason) -> None:
             headers[name] = value
     with pytest.raises(MessageRejected, match=reason):
         decode_message(headers, b"{}")
+
+
+def test_optional_headers_may_be_absent_or_empty() -> None:
+    headers = encode_headers(probe("s", 1))
+    for name in ("tidings-stream-id", "tidings-producer"):
+        headers.pop(name)
+    headers["tidings-stream-version"] = ""
+    message = decode_message(headers, b"{}")
+    assert (message.stream_id, message.stream_version, message.producer) == (None, None, None)
+    assert message.causation_id is None
+
+
+def test_the_largest_integer_a_header_may_carry_is_read() -> None:
+    headers = {**encode_headers(probe("s", 1)), "tidings-stream-version": str(2**63 - 1)}
+    assert decode_message(headers, b"{}").stream_version == 2**63 - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from([*HEADERS.values(), "traceparent", "x-app"]),
+        st.one_of(
+            st.none(), st.text(max_size=40), st.text(alphabet="0123456789-:.+TZ", max_size=40)
+        ),
+        max_size=4,
+    ),
+    body=st.binary(max_size=64),
+)
+def test_any_headers_give_a_message_or_a_rejection_naming_a_header(
+    changes: dict[str, str | None], body: bytes
+) -> None:
+    """Hostile headers never raise anything but MessageRejected (which dead-letters)."""
+    headers = encode_headers(probe("s", 1))
+    for name, value in changes.items():
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    reason = ""
+    try:
+        message = decode_message(headers, body)
+    except MessageRejected as rejected:
+        reason = rejected.reason
+    if reason:
+        assert "header tidings-" in reason
+    else:
+        assert message.payload == body
+        assert message.event_version >= 1
 
 
 def test_a_malformed_traceparent_is_dropped_not_fatal() -> None:

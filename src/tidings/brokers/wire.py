@@ -115,32 +115,41 @@ def normalize_headers(raw: Mapping[Any, Any] | None) -> dict[str, str]:
 
 
 def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
-    """Rebuild the stored event from a message; :class:`MessageRejected` names what is wrong."""
-    fields: dict[str, Any] = {
-        "event_id": _uuid(headers, "event_id", required=True),
-        "event_type": _text(headers, "event_type", required=True),
-        "event_version": _integer(headers, "event_version", required=True, minimum=1),
-        "stream_id": _text(headers, "stream_id", required=False),
-        "stream_version": _integer(headers, "stream_version", required=False, minimum=0),
-        "occurred_at": _timestamp(headers, "occurred_at"),
-        "correlation_id": _uuid(headers, "correlation_id", required=True),
-        "causation_id": _uuid(headers, "causation_id", required=False),
-        "producer": _text(headers, "producer", required=False),
-    }
+    """Rebuild the stored event from a message; :class:`MessageRejected` names what is wrong.
+
+    Integers are ASCII digits within a signed 64-bit range; anything else is rejected here, so a
+    hostile header is dead-lettered at once rather than failing later (and being retried).
+    """
+    get = headers.get
     extra = {name: value for name, value in headers.items() if name not in _METADATA_HEADER_NAMES}
-    if TRACEPARENT in extra and not _TRACEPARENT_FORMAT.match(extra[TRACEPARENT]):
+    traceparent = extra.get(TRACEPARENT)
+    if traceparent is not None and not _TRACEPARENT_FORMAT.match(traceparent):
         # W3C trace context says to ignore a malformed traceparent, not to reject the message.
         del extra[TRACEPARENT]
-    return StoredEvent(payload=bytes(body), headers=extra, **fields)
+    causation_id = get(_CAUSATION_ID)
+    stream_version = get(_STREAM_VERSION)
+    return StoredEvent(
+        event_id=_uuid(_required(get(_EVENT_ID), _EVENT_ID), _EVENT_ID),
+        event_type=_required(get(_EVENT_TYPE), _EVENT_TYPE),
+        event_version=_integer(_required(get(_EVENT_VERSION), _EVENT_VERSION), _EVENT_VERSION, 1),
+        stream_id=_optional(get(_STREAM_ID), _STREAM_ID),
+        stream_version=(
+            _integer(_checked(stream_version, _STREAM_VERSION), _STREAM_VERSION, 0)
+            if stream_version
+            else None
+        ),
+        occurred_at=_timestamp(_required(get(_OCCURRED_AT), _OCCURRED_AT), _OCCURRED_AT),
+        correlation_id=_uuid(_required(get(_CORRELATION_ID), _CORRELATION_ID), _CORRELATION_ID),
+        causation_id=(
+            _uuid(_checked(causation_id, _CAUSATION_ID), _CAUSATION_ID) if causation_id else None
+        ),
+        producer=_optional(get(_PRODUCER), _PRODUCER),
+        payload=bytes(body),
+        headers=extra,
+    )
 
 
-def _raw(headers: Mapping[str, str], field: str, *, required: bool) -> str | None:
-    name = HEADERS[field]
-    value = headers.get(name)
-    if value is None or value == "":
-        if required:
-            raise MessageRejected(f"header {name} is missing")
-        return None
+def _checked(value: str, name: str) -> str:
     if len(value) > MAX_HEADER_VALUE:
         raise MessageRejected(
             f"header {name} is {len(value)} characters long (max {MAX_HEADER_VALUE})"
@@ -148,40 +157,52 @@ def _raw(headers: Mapping[str, str], field: str, *, required: bool) -> str | Non
     return value
 
 
-def _text(headers: Mapping[str, str], field: str, *, required: bool) -> str | None:
-    return _raw(headers, field, required=required)
+def _required(value: str | None, name: str) -> str:
+    """A header that must be there and not empty."""
+    if not value:
+        raise MessageRejected(f"header {name} is missing")
+    return _checked(value, name)
 
 
-def _uuid(headers: Mapping[str, str], field: str, *, required: bool) -> UUID | None:
-    value = _raw(headers, field, required=required)
-    if value is None:
-        return None
+def _optional(value: str | None, name: str) -> str | None:
+    """A header that may be absent; absent and empty both mean "no value"."""
+    return _checked(value, name) if value else None
+
+
+def _uuid(value: str, name: str) -> UUID:
     try:
         return UUID(value)
     except ValueError:
-        raise MessageRejected(f"header {HEADERS[field]} is not a UUID: {value[:80]!r}") from None
+        raise MessageRejected(f"header {name} is not a UUID: {value[:80]!r}") from None
 
 
-def _integer(headers: Mapping[str, str], field: str, *, required: bool, minimum: int) -> int | None:
-    value = _raw(headers, field, required=required)
-    if value is None:
-        return None
-    if not value.isdigit() or int(value) < minimum:
+#: The largest integer a metadata header may carry: what a signed 64-bit column holds.
+MAX_HEADER_INTEGER = 2**63 - 1
+
+
+def _integer(value: str, name: str, minimum: int) -> int:
+    # ASCII digits only: str.isdigit() also accepts characters such as "²" (which int() then
+    # refuses) and other scripts' digits (which int() reads), neither of which a producer sends.
+    if (
+        not value.isascii()
+        or not value.isdigit()
+        or len(value) > 19
+        or not minimum <= int(value) <= MAX_HEADER_INTEGER
+    ):
         raise MessageRejected(
-            f"header {HEADERS[field]} must be an integer >= {minimum}, got {value[:80]!r}"
+            f"header {name} must be an integer >= {minimum}"
+            f" (at most {MAX_HEADER_INTEGER}), got {value[:80]!r}"
         )
     return int(value)
 
 
-def _timestamp(headers: Mapping[str, str], field: str) -> datetime:
-    value = _raw(headers, field, required=True)
-    assert value is not None
+def _timestamp(value: str, name: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise MessageRejected(
-            f"header {HEADERS[field]} is not an ISO 8601 timestamp: {value[:80]!r}"
+            f"header {name} is not an ISO 8601 timestamp: {value[:80]!r}"
         ) from None
     if parsed.tzinfo is None:
-        raise MessageRejected(f"header {HEADERS[field]} has no time zone: {value[:80]!r}")
+        raise MessageRejected(f"header {name} has no time zone: {value[:80]!r}")
     return parsed
