@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -13,13 +15,14 @@ from sqlalchemy import select
 from tidings import Envelope, Handlers, InMemoryUnitOfWork, uuid7
 from tidings._demo import Base, BuyerCreated, Order, OrderStarted
 from tidings.core.codec import Codec
-from tidings.core.messages import to_envelope
+from tidings.core.messages import to_envelope, to_stored
 from tidings.core.registry import EventRegistry
 from tidings.errors import ConfigurationError, PublishNotAllowed
 from tidings.integration.policy import PolicyGuard, PublishPolicy
 from tidings.integration.protection import REDACTED, InMemoryKeyStore, Protector
 from tidings.integration.schema import asyncapi_document, event_schema, export_documents
 from tidings.integration.translator import (
+    _ID_NAMESPACE,
     BUS_HEADER,
     Translator,
     integration_event,
@@ -74,6 +77,27 @@ def test_translation_is_deterministic_so_retries_deduplicate() -> None:
     assert first == second
     assert len(set(first)) == 2
     assert domain.event_id not in first
+
+
+def test_derived_ids_are_uuid5_of_the_domain_id_and_the_public_type() -> None:
+    # The wire contract: a relay of another tidings version republishing the same outbox row
+    # after a crash must send the same id, or consumers would not deduplicate it.
+    domain = started()
+    expected = [
+        uuid.uuid5(_ID_NAMESPACE, f"{domain.event_id}:public.orders.OrderOpened:{version}")
+        for version in (1, 2)
+    ]
+    assert [p.event_id for p in orders_bus.translate(domain)] == expected
+    assert [row.event_id for row in orders_bus.to_stored(domain)] == expected
+
+
+def test_stored_rows_are_the_translated_envelopes_encoded() -> None:
+    domain = replace(started(), headers={"x-app": "1", "traceparent": "t"})
+    rows = orders_bus.to_stored(domain)
+    assert rows == [to_stored(public, orders_bus.codec) for public in orders_bus.translate(domain)]
+    assert rows[0].headers == {"x-app": "1", "traceparent": "t", BUS_HEADER: "orders"}
+    assert rows[0].headers is not rows[1].headers  # each row owns its headers
+    assert domain.headers == {"x-app": "1", "traceparent": "t"}
 
 
 def test_untranslated_domain_events_do_not_leave_the_process() -> None:

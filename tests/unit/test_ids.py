@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidings.core import ids
-from tidings.core.ids import random_bytes, uuid7
+from tidings.core.ids import name_uuid, random_bytes, uuid7
 
 
 def test_random_bytes_gives_the_length_asked_for() -> None:
@@ -104,3 +107,10 @@ def test_a_child_forked_while_the_lock_was_held_still_makes_ids() -> None:
     os.close(reader)
     os.waitpid(pid, 0)
     assert answer == b"ok", "the child deadlocked on the lock it inherited"
+
+
+@given(namespace=st.uuids(), name=st.text(max_size=200))
+def test_name_uuid_is_the_standard_uuid5(namespace: uuid.UUID, name: str) -> None:
+    # Derived integration event ids travel between services: the value must be uuid5's exactly.
+    assert name_uuid(namespace, name) == uuid.uuid5(namespace, name)
+    assert name_uuid(namespace, name).version == 5

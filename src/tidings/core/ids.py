@@ -15,6 +15,7 @@ child never hand out the same bits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -87,3 +88,18 @@ def uuid7() -> UUID:
 def uuid7_time_ms(value: UUID) -> int:
     """The Unix time in milliseconds embedded in a UUIDv7."""
     return value.int >> 80
+
+
+# The version (5) and variant (RFC) bits of a name-based UUID, as in RFC 9562 section 5.5.
+_NAME_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_NAME_SET = (0x5 << 76) | _VARIANT_RFC
+
+
+def name_uuid(namespace: UUID, name: str) -> UUID:
+    """The same value as ``uuid.uuid5(namespace, name)``, in about half the time.
+
+    A relay derives one of these for every event it translates, and the standard library's
+    version spends most of its time on argument handling rather than on the SHA-1.
+    """
+    digest = hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()
+    return UUID(int=int.from_bytes(digest[:16], "big") & _NAME_CLEAR | _NAME_SET)

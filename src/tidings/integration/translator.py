@@ -40,7 +40,8 @@ from typing import Any, TypeVar, dataclass_transform
 from tidings.core.codec import Codec, default_codec
 from tidings.core.envelope import Envelope
 from tidings.core.events import _META_ATTR, EventSpec, spec_of
-from tidings.core.messages import StoredEvent, to_stored
+from tidings.core.ids import name_uuid
+from tidings.core.messages import StoredEvent
 from tidings.errors import ConfigurationError
 from tidings.integration.protection import Protector
 
@@ -179,7 +180,52 @@ class Translator:
 
     def translate(self, envelope: Envelope[Any]) -> list[Envelope[Any]]:
         """The integration events for one domain event (empty if it is not published here)."""
-        results: list[Envelope[Any]] = []
+        headers = {**envelope.headers, BUS_HEADER: self.bus}
+        return [
+            Envelope(
+                event=public,
+                event_id=event_id,
+                event_type=spec.name,
+                event_version=spec.version,
+                occurred_at=envelope.occurred_at,
+                stream_id=envelope.stream_id,
+                stream_version=envelope.stream_version,
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.event_id,
+                producer=envelope.producer,
+                headers=dict(headers),
+            )
+            for public, spec, event_id in self._outputs(envelope)
+        ]
+
+    def to_stored(self, envelope: Envelope[Any]) -> list[StoredEvent]:
+        """Translated and encoded: what the outbox stores for this bus.
+
+        The same rows as ``to_stored(e)`` for each envelope ``e`` of :meth:`translate`, built
+        without the intermediate envelopes (the relay calls this for every event it forwards).
+        """
+        headers = {**envelope.headers, BUS_HEADER: self.bus}
+        encode = self.codec.encode_payload
+        return [
+            StoredEvent(
+                event_id=event_id,
+                event_type=spec.name,
+                event_version=spec.version,
+                stream_id=envelope.stream_id,
+                stream_version=envelope.stream_version,
+                occurred_at=envelope.occurred_at,
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.event_id,
+                producer=envelope.producer,
+                payload=encode(public),
+                headers=dict(headers),
+            )
+            for public, spec, event_id in self._outputs(envelope)
+        ]
+
+    def _outputs(self, envelope: Envelope[Any]) -> list[tuple[object, EventSpec, uuid.UUID]]:
+        """Each public event for ``envelope``, with its spec and its derived id."""
+        results: list[tuple[object, EventSpec, uuid.UUID]] = []
         for mapping in self._mappings:
             if not isinstance(envelope.event, mapping.source):
                 continue
@@ -194,29 +240,8 @@ class Translator:
             if self.protector is not None:
                 public = self.protector.protect(public)
             spec = spec_of(mapping.target)
-            # Built field by field, not with dataclasses.replace (several times slower, and
-            # this runs for every event the relay forwards).
-            results.append(
-                Envelope(
-                    event=public,
-                    # Derived from the domain event's id: a relay that translates the same event
-                    # again (after a crash) publishes the same id, which consumers deduplicate.
-                    event_id=uuid.uuid5(
-                        _ID_NAMESPACE, f"{envelope.event_id}:{spec.name}:{spec.version}"
-                    ),
-                    event_type=spec.name,
-                    event_version=spec.version,
-                    occurred_at=envelope.occurred_at,
-                    stream_id=envelope.stream_id,
-                    stream_version=envelope.stream_version,
-                    correlation_id=envelope.correlation_id,
-                    causation_id=envelope.event_id,
-                    producer=envelope.producer,
-                    headers={**envelope.headers, BUS_HEADER: self.bus},
-                )
-            )
+            # Derived from the domain event's id: a relay that translates the same event again
+            # (after a crash) publishes the same id, which consumers deduplicate.
+            event_id = name_uuid(_ID_NAMESPACE, f"{envelope.event_id}:{spec.name}:{spec.version}")
+            results.append((public, spec, event_id))
         return results
-
-    def to_stored(self, envelope: Envelope[Any]) -> list[StoredEvent]:
-        """Translated and encoded: what the outbox stores for this bus."""
-        return [to_stored(public, self.codec) for public in self.translate(envelope)]
