@@ -245,6 +245,27 @@ class BrokerContract:
         expected = {(m.stream_id, m.stream_version) for m in messages}
         await eventually(lambda: received.keys() == expected, "all 70 messages handled")
 
+    async def test_one_large_publication_arrives_whole_and_in_stream_order(self, bus: Bus) -> None:
+        """Adapters may split a publication (per partition, per chunk); order must survive."""
+        publisher = await bus.client()
+        consumer_client = await bus.client()
+        received = Received()
+
+        async def handler(delivery: Delivery) -> None:
+            received.add(delivery, "c")
+
+        await consumer_client.consume("g", handler)
+        messages = [probe("big", n) for n in range(600)] + [
+            probe(f"s{i % 5}", i // 5) for i in range(100)
+        ]
+        await publisher.publish(messages)
+        expected = {(m.stream_id, m.stream_version) for m in messages}
+        await eventually(lambda: received.keys() == expected, "all 700 messages handled")
+        streams = received.by_stream()
+        assert streams["big"] == list(range(600)), "stream 'big' handled out of order"
+        for stream in (f"s{i}" for i in range(5)):
+            assert streams[stream] == list(range(20)), f"{stream} handled out of order"
+
     async def test_metadata_and_trace_headers_travel(self, bus: Bus) -> None:
         publisher = await bus.client()
         consumer_client = await bus.client()
