@@ -26,9 +26,10 @@ read).
 A message is ``XACK``-ed only after its handler returns (consecutive entries read together go to
 a batch-capable handler, the inbox, at once: one commit, one ``XACK``). If the handler fails,
 the entry stays pending and the owner reads its own pending entries again
-(``XREADGROUP ... 0``) before new ones, so the retry happens in order. Publishing pipelines
-the ``XADD`` s of a batch; the entry ids Redis returns are the confirmation (durability then
-depends on the server's AOF/RDB setup).
+(``XREADGROUP ... 0``) before new ones, so the retry happens in order. Publishing appends a
+batch's messages with one scripted command per partition (``EVAL``: an ``XADD`` per message,
+in order, up to :data:`APPEND_CHUNK` per command), all sent in one round trip; the entry ids
+Redis returns are the confirmation (durability then depends on the server's AOF/RDB setup).
 """
 
 from __future__ import annotations
