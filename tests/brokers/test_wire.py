@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import replace
+from email.parser import BytesParser
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.brokers.port import Topology, partition_of
-from tidings.brokers.wire import HEADERS, decode_message, encode_headers
+from tidings.brokers.wire import HEADERS, decode_message, encode_headers, normalize_headers
 from tidings.errors import ConfigurationError, MessageRejected
 from tidings.testing.broker_contract import probe
 
@@ -114,6 +115,16 @@ def test_any_headers_give_a_message_or_a_rejection_naming_a_header(
     else:
         assert message.payload == body
         assert message.event_version >= 1
+
+
+def test_header_objects_from_the_email_parser_keep_their_text() -> None:
+    # What nats-py's JetStream get_msg hands back for a value with non-ASCII bytes.
+    parsed = BytesParser().parsebytes("reason: got '\u00b2'\r\nplain: x\r\n\r\n".encode())
+    assert not isinstance(parsed["reason"], str)
+    assert normalize_headers({"reason": parsed["reason"], "plain": parsed["plain"]}) == {
+        "reason": "got '\u00b2'",
+        "plain": "x",
+    }
 
 
 def test_a_malformed_traceparent_is_dropped_not_fatal() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from email.header import Header, decode_header
 from typing import Any
 from uuid import UUID
 
@@ -109,9 +110,25 @@ def normalize_headers(raw: Mapping[Any, Any] | None) -> dict[str, str]:
             headers[key] = value.decode("utf-8", "replace")
         elif isinstance(value, str):
             headers[key] = value
+        elif isinstance(value, Header):
+            headers[key] = _header_text(value)
         else:
             headers[key] = repr(value)
     return headers
+
+
+def _header_text(value: Header) -> str:
+    """The text of a header the email parser could not keep as a string.
+
+    nats-py reads stored JetStream messages (``get_msg``) with ``email.parser``, which returns a
+    ``Header`` object for a value holding non-ASCII bytes (a dead-letter reason quoting a
+    hostile header, say); its parts still carry the original bytes, which are UTF-8 on NATS.
+    """
+    raw = b"".join(
+        part if isinstance(part, bytes) else part.encode("utf-8")
+        for part, _charset in decode_header(value)
+    )
+    return raw.decode("utf-8", "replace")
 
 
 def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:

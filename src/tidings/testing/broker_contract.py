@@ -622,6 +622,12 @@ class BrokerContract:
                 {**headers, HEADERS["event_version"]: "one"},
                 signed.payload,
             ),
+            # A digit to str.isdigit(), not to int(): rejected at once, not retried.
+            (
+                "must be an integer",
+                {**headers, HEADERS["stream_version"]: "\u00b2"},
+                signed.payload,
+            ),
             ("is not a UUID", {**headers, HEADERS["event_id"]: "'; DROP TABLE"}, signed.payload),
             ("is not signed", encode_headers(probe(stream, 1)), signed.payload),
             (
