@@ -79,19 +79,51 @@ def to_envelope(stored: StoredEvent, codec: Codec | None = None) -> Envelope[Any
     The envelope keeps the *current* schema version of the decoded class, since that is what the
     event object now is; the stored version is in ``stored.event_version``.
     """
-    codec = codec or default_codec
-    event = codec.decode(stored.event_type, stored.event_version, stored.payload)
-    spec = codec.registry.spec(stored.event_type)
+    return decode_envelope(
+        codec or default_codec,
+        stored.event_id,
+        stored.event_type,
+        stored.event_version,
+        stored.stream_id,
+        stored.stream_version,
+        stored.occurred_at,
+        stored.correlation_id,
+        stored.causation_id,
+        stored.producer,
+        stored.payload,
+        dict(stored.headers),
+    )
+
+
+def decode_envelope(
+    codec: Codec,
+    event_id: UUID,
+    event_type: str,
+    event_version: int,
+    stream_id: str | None,
+    stream_version: int | None,
+    occurred_at: datetime,
+    correlation_id: UUID,
+    causation_id: UUID | None,
+    producer: str | None,
+    payload: bytes,
+    headers: dict[str, str],
+) -> Envelope[Any]:
+    """:func:`to_envelope` from the fields of a stored event (in :class:`StoredEvent`'s order),
+    for readers that have them from a row and need no StoredEvent; ``headers`` is taken as is.
+    """
+    event = codec.decode(event_type, event_version, payload)
+    spec = codec.registry.spec(event_type)
     return Envelope(
         event=event,
-        event_id=stored.event_id,
+        event_id=event_id,
         event_type=spec.name,
         event_version=spec.version,
-        occurred_at=stored.occurred_at,
-        stream_id=stored.stream_id,
-        stream_version=stored.stream_version,
-        correlation_id=stored.correlation_id,
-        causation_id=stored.causation_id,
-        producer=stored.producer,
-        headers=dict(stored.headers),
+        occurred_at=occurred_at,
+        stream_id=stream_id,
+        stream_version=stream_version,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        producer=producer,
+        headers=headers,
     )

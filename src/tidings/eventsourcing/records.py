@@ -18,7 +18,7 @@ from tidings.core.codec import Codec
 from tidings.core.envelope import Envelope, current_recording_context
 from tidings.core.events import spec_of
 from tidings.core.ids import uuid7
-from tidings.core.messages import StoredEvent, to_envelope
+from tidings.core.messages import StoredEvent, decode_envelope, to_envelope
 from tidings.errors import CodecError, UnreadableEvent
 from tidings.persistence.log import Checkpoint
 from tidings.persistence.values import as_utc, as_uuid
@@ -207,39 +207,12 @@ def row_to_envelope(row: Any, codec: Codec) -> tuple[Checkpoint, Envelope[Any]]:
     intermediate :class:`StoredEvent` and :class:`LogEntry`: projections decode every event
     they read, and those two objects were about a fifth of the cost of a catch-up.
     """
-    (
-        position,
-        tx,
-        event_id,
-        event_type,
-        event_version,
-        stream_id,
-        stream_version,
-        occurred_at,
-        correlation_id,
-        causation_id,
-        producer,
-        payload,
-        headers,
-    ) = _row_fields(row)
+    position, tx, *fields = _row_fields(row)
     try:
-        event = codec.decode(event_type, event_version, payload)
-        spec = codec.registry.spec(event_type)
+        envelope = decode_envelope(codec, *fields)
     except CodecError as exc:
+        _, event_type, _, stream_id, stream_version = fields[:5]
         raise UnreadableEvent(stream_id, stream_version, event_type, str(exc)) from exc
-    envelope: Envelope[Any] = Envelope(
-        event=event,
-        event_id=event_id,
-        event_type=spec.name,
-        event_version=spec.version,
-        occurred_at=occurred_at,
-        stream_id=stream_id,
-        stream_version=stream_version,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        producer=producer,
-        headers=headers,
-    )
     return Checkpoint(tx, position), envelope
 
 

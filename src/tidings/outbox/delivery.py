@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, insert, 
 from sqlalchemy.orm import Session
 
 from tidings.core.envelope import Envelope, system_clock
-from tidings.core.messages import METADATA_FIELDS
+from tidings.core.messages import METADATA_FIELDS, decode_envelope
 from tidings.errors import CodecError, ConfigurationError, StoreError
 from tidings.outbox import tables
 from tidings.outbox.config import RelayConfig
@@ -205,26 +205,23 @@ class Follower:
             raise StoreError(
                 f"row {checkpoint} of {self.config.log.name!r} has unreadable metadata: {exc}"
             ) from exc
-        payload = row[_PAYLOAD]
         try:
-            event = codec.decode(event_type, version, payload)
-            spec = codec.registry.spec(event_type)
+            envelope = decode_envelope(
+                codec,
+                event_id,
+                event_type,
+                version,
+                row[_STREAM_ID],
+                row[_STREAM_VERSION],
+                occurred_at,
+                correlation_id,
+                causation_id,
+                row[_PRODUCER],
+                row[_PAYLOAD],
+                headers,
+            )
         except CodecError as exc:
             return Item(checkpoint, row._mapping, None, exc)
-        # What tidings.core.messages.to_envelope builds from a StoredEvent, from the row.
-        envelope = Envelope(
-            event=event,
-            event_id=event_id,
-            event_type=spec.name,
-            event_version=spec.version,
-            occurred_at=occurred_at,
-            stream_id=row[_STREAM_ID],
-            stream_version=row[_STREAM_VERSION],
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            producer=row[_PRODUCER],
-            headers=headers,
-        )
         return Item(checkpoint, row._mapping, envelope, None)
 
     def _wants_type(self, subscriber: Subscriber, type_name: str) -> bool:
