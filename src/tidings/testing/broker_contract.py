@@ -130,6 +130,14 @@ class Received:
         self.items.append((stored.stream_id, stored.stream_version, delivery.attempt, consumer))
         return stored
 
+    def handler(self, consumer: str) -> Callable[[Delivery], Awaitable[None]]:
+        """A broker handler that only notes each delivery, as ``consumer``."""
+
+        async def note(delivery: Delivery) -> None:
+            self.add(delivery, consumer)
+
+        return note
+
     def keys(self) -> set[tuple[str, int]]:
         return {(stream, n) for stream, n, _, _ in self.items}
 
@@ -236,10 +244,7 @@ class BrokerContract:
         consumer_client = await bus.client()
         received = Received()
 
-        async def handler(delivery: Delivery) -> None:
-            received.add(delivery, "c")
-
-        await consumer_client.consume("g", handler)
+        await consumer_client.consume("g", received.handler("c"))
         messages = [probe(f"s{i % 7}", i // 7) for i in range(70)]
         await publisher.publish(messages)
         expected = {(m.stream_id, m.stream_version) for m in messages}
@@ -251,10 +256,7 @@ class BrokerContract:
         consumer_client = await bus.client()
         received = Received()
 
-        async def handler(delivery: Delivery) -> None:
-            received.add(delivery, "c")
-
-        await consumer_client.consume("g", handler)
+        await consumer_client.consume("g", received.handler("c"))
         messages = [probe("big", n) for n in range(600)] + [
             probe(f"s{i % 5}", i // 5) for i in range(100)
         ]
@@ -298,10 +300,7 @@ class BrokerContract:
         await second.declare()
         received = Received()
 
-        async def handler(delivery: Delivery) -> None:
-            received.add(delivery, "c")
-
-        await second.consume("g", handler)
+        await second.consume("g", received.handler("c"))
         await first.publish([probe("idem", 1)])
         await eventually(lambda: len(received.items) == 1, "the message arrived once")
 
@@ -319,10 +318,7 @@ class BrokerContract:
         consumer_client = await bus.client()  # declares the bus
         received = Received()
 
-        async def handler(delivery: Delivery) -> None:
-            received.add(delivery, "c")
-
-        await consumer_client.consume("g", handler)
+        await consumer_client.consume("g", received.handler("c"))
         if not kept:
             await bus.publish_all(early, messages)
         await eventually(lambda: len(received.keys()) == 3, "every early message, exactly")
@@ -565,10 +561,7 @@ class BrokerContract:
         consumer_client = await bus.client()
         received = Received()
 
-        async def handler(delivery: Delivery) -> None:
-            received.add(delivery, "c")
-
-        await consumer_client.consume("g", handler)
+        await consumer_client.consume("g", received.handler("c"))
         messages = [probe(f"drop-{i % 5}", i // 5) for i in range(100)]
         for index, batch_start in enumerate(range(0, len(messages), 10)):
             if index == 4:
