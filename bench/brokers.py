@@ -103,8 +103,16 @@ class Counter(Aggregate):
 
 
 @dataclass
-class Measure:
+class Throughput:
     rate: float
+    #: CPU time of this process (every thread: writers, relay, clients, consumer) per event,
+    #: in seconds. The databases' and brokers' own CPU is not in it.
+    cpu: float
+
+
+@dataclass
+class Measure:
+    throughput: Throughput
     p50_ms: float
     p99_ms: float
 
@@ -112,14 +120,14 @@ class Measure:
 @dataclass
 class Result:
     broker: str
-    raw_rate: float
+    raw: Throughput
     outbox: Measure
     adapter: Measure
 
 
-def measure(rate: float, latencies: list[float]) -> Measure:
+def measure(throughput: Throughput, latencies: list[float]) -> Measure:
     quantiles = statistics.quantiles(latencies, n=100)
-    return Measure(rate, statistics.median(latencies), quantiles[98])
+    return Measure(throughput, statistics.median(latencies), quantiles[98])
 
 
 async def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.0) -> None:
@@ -133,7 +141,7 @@ async def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.
 # -- raw clients ---------------------------------------------------------------------------------
 
 
-async def raw_rabbitmq(count: int) -> float:
+async def raw_rabbitmq(count: int) -> Throughput:
     import aio_pika
 
     connection = await aio_pika.connect(RABBITMQ_URL)
@@ -150,7 +158,7 @@ async def raw_rabbitmq(count: int) -> float:
             await message.ack()
 
         await queue.consume(on_message)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, BATCH):
             await asyncio.gather(
                 *(
@@ -162,14 +170,14 @@ async def raw_rabbitmq(count: int) -> float:
                 )
             )
         await wait_for(lambda: received >= count, "raw RabbitMQ consumer")
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await queue.delete(if_unused=False, if_empty=False)
-        return count / elapsed
+        return Throughput(count / elapsed, cpu / count)
     finally:
         await connection.close()
 
 
-async def raw_nats(count: int) -> float:
+async def raw_nats(count: int) -> Throughput:
     import nats
 
     client = await nats.connect(NATS_URL)
@@ -192,7 +200,7 @@ async def raw_nats(count: int) -> float:
                 received += len(messages)
 
         consumer = asyncio.create_task(consume())
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, BATCH):
             futures = [
                 await js.publish_async(f"{name}.x", PAYLOAD)
@@ -200,14 +208,14 @@ async def raw_nats(count: int) -> float:
             ]
             await asyncio.gather(*futures)
         await consumer
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await js.delete_stream(name)
-        return count / elapsed
+        return Throughput(count / elapsed, cpu / count)
     finally:
         await client.close()
 
 
-async def raw_redis(count: int) -> float:
+async def raw_redis(count: int) -> Throughput:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(REDIS_URL)
@@ -226,16 +234,16 @@ async def raw_redis(count: int) -> float:
                         received += len(entries)
 
         consumer = asyncio.create_task(consume())
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, BATCH):
             pipeline = client.pipeline(transaction=False)
             for _ in range(min(BATCH, count - start)):
                 pipeline.xadd(key, {b"body": PAYLOAD})
             await pipeline.execute()
         await consumer
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await client.delete(key)
-        return count / elapsed
+        return Throughput(count / elapsed, cpu / count)
     finally:
         await client.aclose()
 
@@ -300,7 +308,7 @@ class Committed:
 
 async def outbox_run(
     kind: str, engine: AsyncEngine, sync_engine: Engine, count: int, seconds: float
-) -> tuple[float, list[float]]:
+) -> tuple[Throughput, list[float]]:
     """Units of work -> outbox (PostgreSQL) -> relay -> confirmed publish -> inbox consumer."""
     topology = Topology(name=f"bench-{uuid.uuid4().hex[:8]}", groups=("g",), partitions=PARTITIONS)
     # An empty outbox for each broker: a new relay subscriber starts from the log's beginning.
@@ -347,12 +355,14 @@ async def outbox_run(
     try:
         # Throughput: `count` events committed 100 per transaction over 64 streams.
         streams = [Counter(f"t{i}") for i in range(64)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, BATCH):
             chosen = [streams[i % 64] for i in range(start, min(start + BATCH, count))]
             await asyncio.to_thread(commit, chosen, None)
         await wait_for(lambda: runner.handled >= count, f"outbox {kind} consumer")
-        rate = count / (time.perf_counter() - started)
+        rate = Throughput(
+            count / (time.perf_counter() - started), (time.process_time() - cpu) / count
+        )
 
         # Latency at a steady rate: 10 streams, one event each, per 10 ms transaction.
         per_tick = int(RATE * TICK)
@@ -380,7 +390,7 @@ async def outbox_run(
 
 async def adapter_run(
     kind: str, engine: AsyncEngine, count: int, seconds: float
-) -> tuple[float, list[float]]:
+) -> tuple[Throughput, list[float]]:
     topology = Topology(name=f"bench-{uuid.uuid4().hex[:8]}", groups=("g",), partitions=PARTITIONS)
     publisher: Broker = make_broker(kind, topology)
     consumer_side: Broker = make_broker(kind, topology)
@@ -394,11 +404,13 @@ async def adapter_run(
     try:
         # Throughput: a burst of `count` events, 64 streams.
         events = [probe(f"t{i % 64}", i // 64) for i in range(count)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, count, BATCH):
             await publisher.publish(events[start : start + BATCH])
         await wait_for(lambda: runner.handled >= count, f"tidings {kind} consumer")
-        rate = count / (time.perf_counter() - started)
+        rate = Throughput(
+            count / (time.perf_counter() - started), (time.process_time() - cpu) / count
+        )
 
         # Latency at a steady rate.
         per_tick = int(RATE * TICK)
@@ -429,15 +441,15 @@ async def adapter_run(
 async def bench(
     kind: str, engine: AsyncEngine, sync_engine: Engine, count: int, seconds: float
 ) -> Result:
-    raw: dict[str, Callable[[int], Awaitable[float]]] = {
+    raw: dict[str, Callable[[int], Awaitable[Throughput]]] = {
         "rabbitmq": raw_rabbitmq,
         "nats": raw_nats,
         "redis": raw_redis,
     }
-    raw_rate = await raw[kind](count)
+    raw_throughput = await raw[kind](count)
     outbox = measure(*await outbox_run(kind, engine, sync_engine, count, seconds))
     adapter = measure(*await adapter_run(kind, engine, count, seconds))
-    return Result(kind, raw_rate, outbox, adapter)
+    return Result(kind, raw_throughput, outbox, adapter)
 
 
 async def main_async(kinds: list[str], count: int, seconds: float) -> list[Result]:
@@ -476,24 +488,34 @@ def main() -> int:
     count, seconds = (1000, 2.0) if args.quick else (4000, 5.0)
     results = asyncio.run(main_async(args.only, count, seconds))
     print(f"\n{count} events per throughput run; latency at {RATE} events/s for {seconds:g} s")
-    print(f"{'broker':<10}{'path':<28}{'ev/s':>9}{'of raw':>8}{'p50 ms':>9}{'p99 ms':>9}  target")
+    print(
+        f"{'broker':<10}{'path':<28}{'ev/s':>9}{'of raw':>8}{'cpu us/ev':>11}"
+        f"{'p50 ms':>9}{'p99 ms':>9}  target"
+    )
     for r in results:
-        print(f"{r.broker:<10}{'raw publish->consume':<28}{r.raw_rate:>9,.0f}")
+        print(
+            f"{r.broker:<10}{'raw publish->consume':<28}{r.raw.rate:>9,.0f}{'':>8}"
+            f"{r.raw.cpu * 1e6:>11.0f}"
+        )
         for path, m, target in [
             ("outbox->broker->consumer", r.outbox, True),
             ("adapter publish->consumer", r.adapter, False),
         ]:
-            ratio = m.rate / r.raw_rate
+            ratio = m.throughput.rate / r.raw.rate
             verdict = ("met" if ratio >= TARGET else "missed") if target else ""
             print(
-                f"{'':<10}{path:<28}{m.rate:>9,.0f}{ratio:>8.0%}{m.p50_ms:>9.1f}{m.p99_ms:>9.1f}"
-                f"  {verdict}"
+                f"{'':<10}{path:<28}{m.throughput.rate:>9,.0f}{ratio:>8.0%}"
+                f"{m.throughput.cpu * 1e6:>11.0f}{m.p50_ms:>9.1f}{m.p99_ms:>9.1f}  {verdict}"
             )
     print(
         "\ntidings: confirmed publish; inbox rows + effects committed on PostgreSQL (one"
         " transaction\nper fetched batch) before the acks; outbox->broker->consumer adds the"
         " unit of work's\ncommit into the outbox and the relay. raw: the driver alone, acked, no"
         f" database (the ceiling).\nTarget: outbox->broker->consumer >= {TARGET:.0%} of raw."
+        "\ncpu us/ev: this process's CPU (all its threads) per event in the throughput run;"
+        " one Python\nprocess runs writers, relay and consumer, so when it is the bottleneck"
+        f" {TARGET:.0%} of raw needs\nits CPU per event within {1 / TARGET:.2g}x the raw"
+        " client's."
     )
     return 0
 
