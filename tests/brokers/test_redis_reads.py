@@ -1,0 +1,182 @@
+"""Redis consumer reads: the scripted XREADGROUP and the packed reply it returns.
+
+The decoding is checked without I/O against a packer written here from the script's stated
+layout; the script itself runs on the real server, compared with what plain XREADGROUP returns
+for the same entries (binary bodies, empty values, an entry trimmed away while pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.errors import BrokerError
+from tidings.testing.broker_contract import Received, eventually, probe
+from tidings.testing.services import REDIS_URL, require
+
+redis_module = pytest.importorskip("redis")
+
+from tidings.brokers.port import Delivery, Topology  # noqa: E402
+from tidings.brokers.redis import _READ, RedisBroker, _entries  # noqa: E402
+
+
+def pack(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> bytes:
+    """The script's layout: id, count of names and values (-1: trimmed), then each string,
+    every string after its length (4 bytes, big-endian)."""
+    out = bytearray()
+    for entry_id, fields in entries:
+        out += struct.pack(">I", len(entry_id)) + entry_id
+        if fields is None:
+            out += struct.pack(">i", -1)
+            continue
+        out += struct.pack(">i", 2 * len(fields))
+        for name, value in fields.items():
+            out += struct.pack(">I", len(name)) + name + struct.pack(">I", len(value)) + value
+    return bytes(out)
+
+
+entry_strategy = st.tuples(
+    st.binary(min_size=1, max_size=20),
+    st.none() | st.dictionaries(st.binary(max_size=12), st.binary(max_size=300), max_size=4),
+)
+
+
+@given(st.lists(entry_strategy, max_size=8))
+def test_packed_entries_decode_to_what_was_packed(
+    entries: list[tuple[bytes, dict[bytes, bytes] | None]],
+) -> None:
+    assert _entries(pack(entries)) == entries
+
+
+def test_an_empty_reply_is_no_entries() -> None:
+    assert _entries(b"") == []
+
+
+@given(st.lists(entry_strategy, min_size=1, max_size=4), st.data())
+def test_a_cut_reply_is_a_clear_error(
+    entries: list[tuple[bytes, dict[bytes, bytes] | None]], data: st.DataObject
+) -> None:
+    packed = pack(entries)
+    cut = data.draw(st.integers(min_value=1, max_value=len(packed) - 1))
+    boundaries = {len(pack(entries[:count])): count for count in range(len(entries) + 1)}
+    if cut in boundaries:
+        # A cut exactly between entries leaves whole entries: nothing to notice.
+        assert _entries(packed[:cut]) == entries[: boundaries[cut]]
+    else:
+        with pytest.raises(BrokerError, match="unreadable reply to a stream read"):
+            _entries(packed[:cut])
+
+
+# -- on the real server ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Any]:
+    require("redis")
+    import redis.asyncio as aioredis
+
+    connection = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture
+def stream_key(client: Any) -> str:
+    return f"tidings-test-reads-{uuid.uuid4().hex[:10]}"
+
+
+async def test_the_script_reads_what_xreadgroup_reads(client: Any, stream_key: str) -> None:
+    try:
+        await client.xgroup_create(stream_key, "scripted", id="0", mkstream=True)
+        await client.xgroup_create(stream_key, "plain", id="0")
+        bodies = [bytes(range(256)), b"", b"\xff\x00" * 5000, "é".encode()]
+        for body in bodies:
+            await client.xadd(stream_key, {b"body": body, b"headers": b"{}", b"": b"x"})
+        scripted = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, ">"))
+        reply = await client.xreadgroup("plain", "c", {stream_key: ">"}, count=10)
+        streams = reply.items() if isinstance(reply, dict) else reply
+        plain = [
+            (entry_id, fields)
+            for _, stream_entries in streams
+            for entry_id, fields in (
+                stream_entries[0]
+                if stream_entries and isinstance(stream_entries[0], list)
+                else stream_entries
+            )
+        ]
+        assert scripted == plain
+        assert [fields[b"body"] for _, fields in scripted if fields] == bodies
+        # Nothing new: an empty string, and our pending entries are still there to read.
+        assert await client.eval(_READ, 1, stream_key, "scripted", "c", 10, ">") == b""
+        pending = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, "0"))
+        assert [entry_id for entry_id, _ in pending] == [entry_id for entry_id, _ in plain]
+        # Trimmed away while pending: the id comes back without fields.
+        await client.xtrim(stream_key, maxlen=0)
+        trimmed = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, "0"))
+        assert trimmed == [(entry_id, None) for entry_id, _ in plain]
+    finally:
+        await client.delete(stream_key)
+
+
+async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_on(
+    client: Any,
+) -> None:
+    topology = Topology(
+        name=f"reads-{uuid.uuid4().hex[:8]}",
+        groups=("g",),
+        partitions=1,
+        redelivery_after=1.0,
+        max_deliveries=20,
+    )
+    publisher = RedisBroker(REDIS_URL, topology)
+    consumer_side = RedisBroker(REDIS_URL, topology)
+    await publisher.connect()
+    await consumer_side.connect()
+    try:
+        await publisher.declare()
+        received = Received()
+        first_arrived = asyncio.Event()
+        trimmed = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            if delivery.headers.get("tidings-stream-id") == "gone":
+                # Fails until the entry is gone from the stream: only reading it again from
+                # the stream (where it is trimmed) can move the partition on.
+                first_arrived.set()
+                await trimmed.wait()
+                raise RuntimeError("fails until its entry is trimmed away")
+            received.add(delivery, "c")
+
+        consumer = await consumer_side.consume("g", handler)
+        await publisher.publish([probe("gone", 1)])
+        await asyncio.wait_for(first_arrived.wait(), timeout=30)
+        key = publisher.stream_key(0)
+        await client.xtrim(key, maxlen=0)
+        trimmed.set()
+        await publisher.publish([probe("after", 1), probe("after", 2)])
+        await eventually(lambda: len(received.items) == 2, "the entries after the trimmed one")
+        assert received.by_stream() == {"after": [1, 2]}
+
+        async def nothing_pending() -> bool:
+            summary = await client.xpending(key, "g")
+            return bool(summary["pending"] == 0)
+
+        for _ in range(100):
+            if await nothing_pending():
+                break
+            await asyncio.sleep(0.05)
+        assert await nothing_pending(), "the trimmed entry was never acknowledged"
+        await consumer.stop()
+    finally:
+        await publisher.delete()
+        await publisher.close()
+        await consumer_side.close()
