@@ -18,13 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import BrokerError
-from tidings.testing.broker_contract import Received, eventually, probe
+from tidings.testing.broker_contract import Bus, Received, eventually, probe
 from tidings.testing.services import REDIS_URL, require
 
 redis_module = pytest.importorskip("redis")
 
 from tidings.brokers.port import Delivery, Topology  # noqa: E402
 from tidings.brokers.redis import _READ, RedisBroker, _entries  # noqa: E402
+
+from .conftest import RedisFactory  # noqa: E402
 
 
 def pack(entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> bytes:
@@ -137,12 +139,11 @@ async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_o
         redelivery_after=1.0,
         max_deliveries=20,
     )
-    publisher = RedisBroker(REDIS_URL, topology)
-    consumer_side = RedisBroker(REDIS_URL, topology)
-    await publisher.connect()
-    await consumer_side.connect()
+    factory = RedisFactory()
+    bus = Bus(factory, topology)
     try:
-        await publisher.declare()
+        publisher = await bus.client()
+        consumer_side = await bus.client()
         received = Received()
         first_arrived = asyncio.Event()
         trimmed = asyncio.Event()
@@ -159,6 +160,7 @@ async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_o
         consumer = await consumer_side.consume("g", handler)
         await publisher.publish([probe("gone", 1)])
         await asyncio.wait_for(first_arrived.wait(), timeout=30)
+        assert isinstance(publisher, RedisBroker)
         key = publisher.stream_key(0)
         await client.xtrim(key, maxlen=0)
         trimmed.set()
@@ -177,6 +179,5 @@ async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_o
         assert await nothing_pending(), "the trimmed entry was never acknowledged"
         await consumer.stop()
     finally:
-        await publisher.delete()
-        await publisher.close()
-        await consumer_side.close()
+        await bus.close()
+        await factory.cleanup(topology)
