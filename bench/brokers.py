@@ -13,7 +13,12 @@ For each broker (RabbitMQ, NATS JetStream, Redis Streams), in the same run:
   the inbox rows (deduplication) and one effect row per event commit in one transaction per
   batch of whatever was fetched, and only then are the messages acknowledged;
 * **adapter publish->consumer** (the earlier measure): the same events published straight
-  through the adapter (``publish()`` returns once every message is confirmed), the same consumer.
+  through the adapter (``publish()`` returns once every message is confirmed), the same consumer;
+* **drivers' floor** (``_floor.py``): the outbox path's guarantees written straight on psycopg
+  and the raw client, in the cheapest form each offers (log append, relay page, confirmed
+  publish, inbox and effect rows committed before the ack; no headers, no partitions, no gap
+  safety): the least any library giving them could cost in one Python process. Its share of
+  the raw ceiling is what the guarantees alone leave of the target's 60%.
 
 Both use 8 partitions (per-stream order kept) and 64 streams. Throughput is events/s from the
 first commit (or publish) to the last handled event. Latency is measured at a steady 1,000
@@ -38,6 +43,7 @@ from typing import Any
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+import _floor
 from _services import require
 from tidings import Aggregate, Envelope, Handlers, event
 from tidings.brokers.forwarding import forward_to_bus
@@ -121,6 +127,7 @@ class Measure:
 class Result:
     broker: str
     raw: Throughput
+    floor: Throughput
     outbox: Measure
     adapter: Measure
 
@@ -439,7 +446,7 @@ async def adapter_run(
 
 
 async def bench(
-    kind: str, engine: AsyncEngine, sync_engine: Engine, count: int, seconds: float
+    kind: str, engine: AsyncEngine, sync_engine: Engine, schema: str, count: int, seconds: float
 ) -> Result:
     raw: dict[str, Callable[[int], Awaitable[Throughput]]] = {
         "rabbitmq": raw_rabbitmq,
@@ -447,9 +454,22 @@ async def bench(
         "redis": raw_redis,
     }
     raw_throughput = await raw[kind](count)
+    floor = await floor_run(kind, engine, schema, count)
     outbox = measure(*await outbox_run(kind, engine, sync_engine, count, seconds))
     adapter = measure(*await adapter_run(kind, engine, count, seconds))
-    return Result(kind, raw_throughput, outbox, adapter)
+    return Result(kind, raw_throughput, floor, outbox, adapter)
+
+
+async def floor_run(kind: str, engine: AsyncEngine, schema: str, count: int) -> Throughput:
+    """The drivers' floor (see ``_floor.py``) on empty tables."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("TRUNCATE bench_floor_log, bench_floor_cursor, bench_floor_inbox")
+        )
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    urls = {"rabbitmq": RABBITMQ_URL, "nats": NATS_URL, "redis": REDIS_URL}
+    pipe = await _floor.PIPES[kind](urls[kind])
+    return Throughput(*await _floor.run(pipe, dsn, schema, count))
 
 
 async def main_async(kinds: list[str], count: int, seconds: float) -> list[Result]:
@@ -470,8 +490,10 @@ async def main_async(kinds: list[str], count: int, seconds: float) -> list[Resul
         async with engine.begin() as connection:
             await connection.run_sync(inbox_metadata.create_all)
             await connection.run_sync(effects_metadata.create_all)
+            for statement in _floor.DDL:
+                await connection.execute(text(statement))
         create_tables(sync_engine)
-        return [await bench(kind, engine, sync_engine, count, seconds) for kind in kinds]
+        return [await bench(kind, engine, sync_engine, schema, count, seconds) for kind in kinds]
     finally:
         sync_engine.dispose()
         async with engine.begin() as connection:
@@ -496,6 +518,10 @@ def main() -> int:
         print(
             f"{r.broker:<10}{'raw publish->consume':<28}{r.raw.rate:>9,.0f}{'':>8}"
             f"{r.raw.cpu * 1e6:>11.0f}"
+        )
+        print(
+            f"{'':<10}{'drivers floor (guarantees)':<28}{r.floor.rate:>9,.0f}"
+            f"{r.floor.rate / r.raw.rate:>8.0%}{r.floor.cpu * 1e6:>11.0f}"
         )
         for path, m, target in [
             ("outbox->broker->consumer", r.outbox, True),
