@@ -456,8 +456,8 @@ class _PartitionSubscription:
                 passive=True,
             )
             # Straight on aiormq's channel: aio-pika's consumer would wrap every delivery in an
-            # IncomingMessage and run our callback in one more task, about a tenth of what a
-            # message costs the consumer's process, for nothing this buffer needs.
+            # IncomingMessage and run our callback in one more task (about 6% of the broker
+            # benchmark's CPU), for nothing this buffer needs.
             underlay = cast(aiormq.Channel, await self.channel.get_underlay_channel())
             consume_ok = await underlay.basic_consume(
                 queue.name, self._received, no_ack=False, exclusive=exclusive
