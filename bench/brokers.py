@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, insert, text
@@ -114,6 +116,48 @@ class Throughput:
     #: CPU time of this process (every thread: writers, relay, clients, consumer) per event,
     #: in seconds. The databases' and brokers' own CPU is not in it.
     cpu: float
+    #: The same, by stage (the thread it runs on; see :func:`stage_cpu`), where measured.
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+#: The stage each thread of the outbox path works for, by the start of its name.
+STAGES = (
+    ("asyncio_", "writers"),  # the units of work, run by asyncio.to_thread
+    ("tidings-bus-publisher", "publisher"),  # the broker client of the relay's forwarder
+    ("relay-", "relay"),  # the delivery thread (its -upkeep thread is listed apart)
+    ("MainThread", "consumer"),  # the event loop: consumer, its client and this script
+)
+
+
+def _stage(thread_name: str) -> str:
+    if thread_name.endswith("-upkeep"):
+        return "other"
+    return next((stage for prefix, stage in STAGES if thread_name.startswith(prefix)), "other")
+
+
+def stage_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each live thread of this process, summed by stage.
+
+    Read from ``/proc/self/task`` (Linux); empty elsewhere. A thread that ended between two
+    readings is missing from the difference, so take both while the stages are running.
+    """
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    used: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # utime and stime: the 14th and 15th fields of stat(5), 12th and 13th after the name.
+        seconds = (int(fields[11]) + int(fields[12])) / ticks
+        stage = _stage(thread.name)
+        used[stage] = used.get(stage, 0.0) + seconds
+    return used
+
+
+def per_event(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    return {stage: (after[stage] - before.get(stage, 0.0)) / count for stage in after}
 
 
 @dataclass
@@ -362,13 +406,15 @@ async def outbox_run(
     try:
         # Throughput: `count` events committed 100 per transaction over 64 streams.
         streams = [Counter(f"t{i}") for i in range(64)]
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, stages = time.perf_counter(), time.process_time(), stage_cpu()
         for start in range(0, count, BATCH):
             chosen = [streams[i % 64] for i in range(start, min(start + BATCH, count))]
             await asyncio.to_thread(commit, chosen, None)
         await wait_for(lambda: runner.handled >= count, f"outbox {kind} consumer")
         rate = Throughput(
-            count / (time.perf_counter() - started), (time.process_time() - cpu) / count
+            count / (time.perf_counter() - started),
+            (time.process_time() - cpu) / count,
+            per_event(stages, stage_cpu(), count),
         )
 
         # Latency at a steady rate: 10 streams, one event each, per 10 ms transaction.
@@ -533,6 +579,12 @@ def main() -> int:
                 f"{'':<10}{path:<28}{m.throughput.rate:>9,.0f}{ratio:>8.0%}"
                 f"{m.throughput.cpu * 1e6:>11.0f}{m.p50_ms:>9.1f}{m.p99_ms:>9.1f}  {verdict}"
             )
+            if m.throughput.stages:
+                spent = ", ".join(
+                    f"{stage} {m.throughput.stages.get(stage, 0.0) * 1e6:.0f}"
+                    for stage in ("writers", "relay", "publisher", "consumer", "other")
+                )
+                print(f"{'':<12}cpu us/ev by stage: {spent}")
     print(
         "\ntidings: confirmed publish; inbox rows + effects committed on PostgreSQL (one"
         " transaction\nper fetched batch) before the acks; outbox->broker->consumer adds the"
@@ -541,7 +593,10 @@ def main() -> int:
         "\ncpu us/ev: this process's CPU (all its threads) per event in the throughput run;"
         " one Python\nprocess runs writers, relay and consumer, so when it is the bottleneck"
         f" {TARGET:.0%} of raw needs\nits CPU per event within {1 / TARGET:.2g}x the raw"
-        " client's."
+        " client's. By stage (the threads' own CPU time):\nwriters = units of work committing"
+        " into the outbox, relay = reading, decoding and\ntranslating pages, publisher ="
+        " the broker client's publishing, consumer = the event loop\n(consuming, the inbox's"
+        " transactions, acks and this script)."
     )
     return 0
 

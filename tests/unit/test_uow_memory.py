@@ -681,6 +681,24 @@ def test_only_aggregates_can_be_tracked() -> None:
         uow.add(object())  # type: ignore[type-var]
 
 
+def test_tracking_is_by_identity_and_keeps_the_order_of_first_tracking() -> None:
+    store = InMemoryStore()
+    uow = InMemoryUnitOfWork(store)
+    orders = [Order(f"o{i}") for i in range(500)]
+    twin = Order("o7")  # equal id, another object: a second aggregate, not the same one
+    with uow:
+        for order in reversed(orders):
+            uow.track(order)
+        for order in orders:
+            assert uow.track(order) is order  # again: a no-op that returns the aggregate
+            order.start()
+        uow.track(twin)
+        assert list(uow.aggregates()) == [*reversed(orders), twin]
+        uow.commit()
+    # Each aggregate's event committed once, in the order the events were recorded.
+    assert [e.stream_id for e in store.events] == [o.stream_id for o in orders]
+
+
 # -- the recording context around and inside a unit of work ----------------------------------
 
 

@@ -71,7 +71,10 @@ class UnitOfWorkBase:
         self.max_rounds = max_rounds
         self._fixed_correlation_id = correlation_id
         self._clock = clock
-        self._tracked: list[Aggregate] = []
+        # By identity, in tracking order: tracking the same aggregate again is a no-op, and a
+        # unit of work tracking thousands of aggregates does not scan them all on each call.
+        # The values keep the aggregates alive, so their ids stay unique while tracked.
+        self._tracked: dict[int, Aggregate] = {}
         self._active = False
         self._committed = False
         self._rolled_back = False
@@ -91,13 +94,12 @@ class UnitOfWorkBase:
         self._require_active()
         if not isinstance(aggregate, Aggregate):
             raise UnitOfWorkError(f"{aggregate!r} is not an Aggregate")
-        if not any(a is aggregate for a in self._tracked):
-            self._tracked.append(aggregate)
+        self._tracked.setdefault(id(aggregate), aggregate)
         return aggregate
 
     def aggregates(self) -> Iterable[Aggregate]:
         """Every aggregate this unit of work will commit (subclasses add store-tracked ones)."""
-        return list(self._tracked)
+        return list(self._tracked.values())
 
     # -- lifecycle helpers -------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class UnitOfWorkBase:
         self._active = True
         self._committed = False
         self._rolled_back = False
-        self._tracked = []
+        self._tracked = {}
         outer = current_recording_context()
         self.correlation_id = self._fixed_correlation_id or outer.correlation_id or uuid7()
         self._token = _context.set(
@@ -129,7 +131,7 @@ class UnitOfWorkBase:
 
     def _close(self) -> None:
         self._active = False
-        self._tracked = []
+        self._tracked = {}
         self._handler_context = None
         if self._token is not None:
             try:
@@ -196,7 +198,7 @@ class UnitOfWorkBase:
         try:
             aggregates = list(self.aggregates())
         except Exception:  # a broken session must not hide the error that broke it
-            aggregates = list(self._tracked)
+            aggregates = list(self._tracked.values())
         for aggregate in aggregates:
             aggregate._discard_recorded_since(self._watermark)
 

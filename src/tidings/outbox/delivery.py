@@ -221,8 +221,8 @@ class Follower:
                 headers,
             )
         except CodecError as exc:
-            return Item(checkpoint, row._mapping, None, exc)
-        return Item(checkpoint, row._mapping, envelope, None)
+            return Item(checkpoint, row, None, exc)
+        return Item(checkpoint, row, envelope, None)
 
     def _wants_type(self, subscriber: Subscriber, type_name: str) -> bool:
         """Whether ``subscriber`` handles the stored type (unknown types: yes, to dead-letter)."""
