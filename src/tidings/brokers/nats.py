@@ -23,14 +23,15 @@ Topology declared for a bus ``B`` with groups ``G``:
   anything newer;
 * a stream ``B_dead`` on ``B.dead.*`` for dead letters (subject ``B.dead.<G>``).
 
-The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch),
-gives it to a batch-capable handler (the inbox) at once and acknowledges it after the single
-commit; otherwise, or if the batch fails, message by message. JetStream numbers the deliveries
-of a consumer without gaps; a jump means one was sent but never received (a dropped connection),
-so the messages after it are handed back (a delayed nak) and the partition waits until the lost
-one is redelivered first, instead of letting them overtake it. A failed message is retried in
-place after a short pause (``in_progress`` keeps JetStream from redelivering it meanwhile), up
-to ``max_deliveries``, then dead-lettered.
+The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch;
+pull requests of its own, :mod:`tidings.brokers.nats_pull`), gives it to a batch-capable handler
+(the inbox) at once and acknowledges it after the single commit; otherwise, or if the batch
+fails, message by message. JetStream numbers the deliveries of a consumer without gaps; a jump
+means one was sent but never received (a dropped connection), so the messages after it are
+handed back (a delayed nak) and the partition waits until the lost one is redelivered too; the
+next fetch brings them together and they are handled in stream order, instead of letting them
+overtake it. A failed message is retried in place after a short pause (``in_progress`` keeps
+JetStream from redelivering it meanwhile), up to ``max_deliveries``, then dead-lettered.
 
 Publishing sends every message of a batch at once, each with its own reply subject, and waits
 until JetStream has acknowledged every one (:mod:`tidings.brokers.nats_confirms`); a refusal of
@@ -48,6 +49,7 @@ from dataclasses import replace
 from typing import Any
 
 from tidings.brokers.nats_confirms import PublishAcks
+from tidings.brokers.nats_pull import Puller
 from tidings.brokers.port import (
     Delivery,
     GroupCommit,
@@ -74,6 +76,7 @@ from tidings.errors import (
 
 try:
     import nats
+    import nats.aio.client
     import nats.errors
     import nats.js.errors
     from nats.js import api
@@ -89,6 +92,40 @@ EXPECTED_STREAM = "Nats-Expected-Stream"
 
 #: How long one pull request waits for messages before asking again (and noticing a stop).
 FETCH_WAIT = 1.0
+
+
+#: Whitespace as nats-py strips it from header names and values (bytes.strip's ASCII set).
+_HEADER_SPACE = " \t\n\r\x0b\x0c"
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """A NATS header block (``Name: Value\\r\\n`` per line) as a dict, read the way nats-py
+    reads it (names with non-ASCII bytes or inner whitespace are skipped, values decoded as
+    UTF-8 with replacement characters), in a third of its time: one decode for the block
+    instead of two per line, and no per-character loop over each name."""
+    headers: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            name = name.strip(_HEADER_SPACE)
+            if name.isascii() and len(name.split()) == 1:
+                headers[name] = value.strip(_HEADER_SPACE)
+    return headers
+
+
+class _Client(nats.aio.client.Client):
+    """nats-py's client, reading message headers with :func:`parse_header_lines`.
+
+    nats-py parses every message's headers before handing it over, one line at a time in Python
+    (about 15 us for the dozen headers of a tidings message, an eighth of the NATS consumer's
+    CPU per event in ``bench/brokers.py``). The hook is a private static method of nats-py
+    (there in the pinned 2.16); with a version that lacks it, or with ``fast_mail_parser``
+    installed (which nats-py then uses instead), this override is simply not called and the
+    client reads headers its own way. ``tests/brokers/test_nats_headers.py`` fails if the
+    pinned version stops calling it.
+    """
+
+    _parse_header_lines = staticmethod(parse_header_lines)
 
 
 def _translate(error: BaseException, doing: str) -> BrokerError:
@@ -183,14 +220,17 @@ class NatsBroker:
         if self._client is not None:
             return
         with _driver_errors(f"connecting to {self.url}"):
-            self._client = await nats.connect(
+            client = _Client()
+            await client.connect(
                 self.url,
                 name=self.connection_name,
                 max_reconnect_attempts=-1,  # keep trying: the broker is expected to come back
-                reconnect_time_wait=0.5,
+                # Typed int, used as seconds to sleep: half a second is what is meant.
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 error_cb=self._log_error,
             )
-            self._js = self._client.jetstream(timeout=self.confirm_timeout)
+            self._client = client
+            self._js = client.jetstream(timeout=self.confirm_timeout)
 
     @staticmethod
     async def _log_error(error: Exception) -> None:
@@ -374,7 +414,7 @@ class _NatsConsumer:
         #: Ranks the members (every member sorts the same keys the same way).
         self.member = member_key(group, uuid.uuid4().hex)
         self._kv: Any = None
-        self._subscriptions: dict[int, Any] = {}
+        self._pullers: dict[int, Puller] = {}
         #: Partitions served: their task and the lease's last revision.
         self._partitions: dict[int, tuple[asyncio.Task[None], int]] = {}
         #: Partitions beyond our share: their task finishes its batch, then the lease goes.
@@ -387,9 +427,14 @@ class _NatsConsumer:
         topology = self.broker.topology
         self._kv = await self.broker.js.key_value(lease_bucket(topology))
         for partition in range(topology.partitions):
-            self._subscriptions[partition] = await self.broker.js.pull_subscribe_bind(
-                durable=durable_name(self.group, partition), stream=topology.name
+            puller = Puller(
+                self.broker.client,
+                topology.name,
+                durable_name(self.group, partition),
+                topology.prefetch,
             )
+            await puller.start()
+            self._pullers[partition] = puller
         await self._kv.put(self.member, self.name)
         await self._rebalance()
         self._lease_task = asyncio.create_task(self._keep_leases())
@@ -481,29 +526,26 @@ class _NatsConsumer:
         broker = self.broker
         topology = broker.topology
         durable = durable_name(self.group, partition)
-        subscription = self._subscriptions[partition]
-        #: The consumer sequence of the next delivery, when known: JetStream numbers every
-        #: delivery of this durable consumer (redeliveries too) 1, 2, 3, ..., so a jump means
-        #: a delivery we never received.
-        expected: int | None = None
+        puller = self._pullers[partition]
         try:
             info = await broker.js.consumer_info(topology.name, durable)
-            if info.num_ack_pending:
-                # A predecessor died holding messages: wait until JetStream gives them back
-                # (after ack_wait), so they are fetched before anything newer.
-                await self._pause(topology.redelivery_after)
-            else:
-                expected = info.delivered.consumer_seq + 1
+            held_by_predecessor = info.num_ack_pending > 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("consumer info for %s failed: %r", durable, exc)
+            held_by_predecessor = True
+        if held_by_predecessor:
+            # A predecessor died holding messages: wait until JetStream gives them back
+            # (after ack_wait), so they are fetched before anything newer.
             await self._pause(topology.redelivery_after)
+        #: The consumer sequence of the next delivery, when known: JetStream numbers every
+        #: delivery of this durable consumer (redeliveries too) 1, 2, 3, ..., so a jump means
+        #: a delivery we never received.
+        expected = await self._next_delivery(durable)
         while not self._stopping and partition not in self._releasing:
             try:
-                messages = await subscription.fetch(batch=topology.prefetch, timeout=FETCH_WAIT)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue  # nothing came within FETCH_WAIT
+                messages = await puller.fetch(FETCH_WAIT)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -511,14 +553,41 @@ class _NatsConsumer:
                 log.warning("fetch from %s failed: %r", durable, exc)
                 await asyncio.sleep(FETCH_WAIT)
                 continue
+            if not messages:
+                continue  # nothing came within FETCH_WAIT
             sequences = [message.metadata.sequence.consumer for message in messages]
             in_order = deliveries_in_order(sequences, expected)
             if in_order:
-                await self._handle_batch(messages[:in_order], partition)
+                # Redeliveries come before new messages, but not always in the stream's order
+                # among themselves (one handed back with a delay after a lost delivery is due
+                # later than the lost one's neighbours): their stream sequence says it.
+                batch = sorted(messages[:in_order], key=_stream_sequence)
+                await self._handle_batch(batch, partition)
                 expected = sequences[in_order - 1] + 1
             if in_order < len(messages):
-                await self._wait_for_lost_delivery(messages[in_order:], durable)
-                expected = None  # the redeliveries are numbered anew
+                handed_back = await self._wait_for_lost_delivery(
+                    messages[in_order:], durable, puller
+                )
+                # Counting goes on from the last delivery seen: the redeliveries come next, and
+                # anything delivered meanwhile to a request we gave up on shows as a new gap.
+                expected = max(handed_back, *sequences) + 1
+
+    async def _next_delivery(self, durable: str) -> int | None:
+        """The number JetStream gives the consumer's next delivery (None if it cannot say).
+
+        Asked at the start, before the first fetch: whatever was delivered before (to a
+        predecessor, or to this consumer when it served the partition earlier) has a lower
+        number, so a late arrival of it cannot pass for the next one.
+        """
+        try:
+            info = await self.broker.js.consumer_info(self.broker.topology.name, durable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Then the first delivery fetched sets the count, as it would at a first start.
+            log.warning("consumer info for %s failed: %r", durable, exc)
+            return None
+        return int(info.delivered.consumer_seq) + 1
 
     async def _handle_batch(self, messages: Sequence[Any], partition: int) -> None:
         deliveries = [_delivery(message, partition) for message in messages]
@@ -529,14 +598,21 @@ class _NatsConsumer:
         for message, delivery in zip(messages, deliveries, strict=True):
             await self._handle_one(message, delivery)
 
-    async def _wait_for_lost_delivery(self, overtaking: Sequence[Any], durable: str) -> None:
-        """A delivery this consumer never received (sent while the connection dropped, or into
-        a pull request that had given up) is pending at the server, and ``overtaking`` came after
-        it. Handling them now would break the stream's order, and JetStream redelivers the lost
-        one only when its ack_wait runs out. So hand them back to come again after that
-        (a delayed nak) and stop fetching until then: the server puts expired deliveries back in
-        sequence order, so the lost one is fetched first, then these."""
+    async def _wait_for_lost_delivery(
+        self, overtaking: Sequence[Any], durable: str, puller: Puller
+    ) -> int:
+        """A delivery this consumer never received (sent while the connection dropped, or to an
+        inbox it has left) is pending at the server, and ``overtaking`` came after it (or is a
+        late delivery from before the count started). Handling them now would break the
+        stream's order, and JetStream redelivers the lost one only when its ack_wait runs out.
+        So hand them back to come again after that (a delayed nak), with anything received and
+        not yet fetched, and stop fetching until both are due: the next fetch then brings the
+        lost one and these together (at most ``prefetch`` are pending), and they are handled in
+        stream order. The puller answers on a new inbox afterwards, so a request still open from
+        before cannot slip a newer message in unseen. Returns the highest delivery number
+        handed back."""
         topology = self.broker.topology
+        overtaking = [*overtaking, *await puller.restart()]
         log.warning(
             "%s: a delivery was lost in transit; holding %d later message(s) back for %.1fs so "
             "that it is redelivered first",
@@ -548,6 +624,7 @@ class _NatsConsumer:
             await self._settle(message.nak(delay=topology.redelivery_after))
         # A little past the delayed naks' expiry, so they and the lost one are all due again.
         await self._pause(topology.redelivery_after * 1.2 + 0.1)
+        return int(max(message.metadata.sequence.consumer for message in overtaking))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the consumer stops."""
@@ -599,9 +676,9 @@ class _NatsConsumer:
         self._releasing.clear()
         with contextlib.suppress(Exception):
             await self._kv.delete(self.member)  # the others rebalance without waiting for expiry
-        for subscription in self._subscriptions.values():
+        for puller in self._pullers.values():
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await puller.stop()
         if self in self.broker._consumers:
             self.broker._consumers.remove(self)
 
@@ -623,6 +700,10 @@ def deliveries_in_order(sequences: Sequence[int], expected: int | None) -> int:
             return count
         following += 1
     return len(sequences)
+
+
+def _stream_sequence(message: Any) -> int:
+    return int(message.metadata.sequence.stream)
 
 
 def _delivery(message: Any, partition: int) -> Delivery:

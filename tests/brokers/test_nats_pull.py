@@ -1,0 +1,146 @@
+"""NATS JetStream: the adapter's own pull requests (:mod:`tidings.brokers.nats_pull`).
+
+A fetch returns what the consumer has now, up to the batch size, without waiting for the batch to
+fill; on an idle consumer it returns the first message as soon as it comes; it never raises for
+a consumer that does not answer; and nothing a server sends late is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tidings.brokers.port import Topology
+from tidings.testing.broker_contract import probe
+from tidings.testing.services import NATS_URL, require
+
+
+@dataclass
+class FakeMessage:
+    reply: str = ""
+    headers: dict[str, str] | None = None
+    data: bytes = b""
+
+
+async def test_a_status_ends_the_request_and_a_delivery_with_a_status_header_does_not() -> None:
+    from tidings.brokers.nats_pull import Puller
+
+    puller = Puller(client=None, stream="s", durable="d", batch=3)
+    ended = asyncio.get_running_loop().create_future()
+    puller._expecting, puller._ended = 3, ended
+    # A published message may carry any header; only the reply subject marks a delivery.
+    await puller._arrived(FakeMessage(reply="$JS.ACK.s.d.1.1.1.0.0", headers={"Status": "404"}))
+    await puller._arrived(FakeMessage(headers={"Status": "100"}))  # a heartbeat
+    assert not ended.done()
+    await puller._arrived(FakeMessage(headers={"Status": "408"}))
+    assert ended.done()
+    assert len(puller._received) == 1
+    assert puller.last_status is None
+
+
+async def test_a_refusal_is_kept_for_the_log_and_ends_the_request() -> None:
+    from tidings.brokers.nats_pull import Puller
+
+    puller = Puller(client=None, stream="s", durable="d", batch=3)
+    ended = asyncio.get_running_loop().create_future()
+    puller._expecting, puller._ended = 3, ended
+    await puller._arrived(FakeMessage(headers={"Status": "409", "Description": "Consumer Deleted"}))
+    assert ended.done()
+    assert puller.last_status == "409 Consumer Deleted"
+
+
+async def test_a_late_delivery_waits_for_the_next_fetch() -> None:
+    from tidings.brokers.nats_pull import Puller
+
+    puller = Puller(client=None, stream="s", durable="d", batch=3)
+    late = FakeMessage(reply="$JS.ACK.s.d.1.1.1.0.0")
+    await puller._arrived(late)  # no request in flight: an answer to one that gave up
+    assert await puller.fetch(0.1) == [late]  # returned at once, no request sent
+
+
+@pytest.fixture
+async def stream(run_id: str) -> AsyncIterator[tuple[Any, Topology]]:
+    require("nats")
+    from tidings.brokers.nats import NatsBroker
+
+    topology = Topology(
+        name=f"pull-{run_id}-{uuid.uuid4().hex[:6]}", groups=("g",), partitions=1, prefetch=8
+    )
+    broker = NatsBroker(NATS_URL, topology)
+    await broker.connect()
+    await broker.declare()
+    try:
+        yield broker, topology
+    finally:
+        await broker.delete()
+        await broker.close()
+
+
+async def test_fetches_what_is_there_up_to_the_batch_without_waiting(
+    stream: tuple[Any, Topology],
+) -> None:
+    from tidings.brokers.nats import durable_name
+    from tidings.brokers.nats_pull import Puller
+
+    broker, topology = stream
+    await broker.publish([probe("s", n) for n in range(1, 12)])
+    puller = Puller(broker.client, topology.name, durable_name("g", 0), batch=8)
+    await puller.start()
+    try:
+        started = time.monotonic()
+        first = await puller.fetch(5.0)
+        assert time.monotonic() - started < 2.0  # did not wait out the 5 s
+        assert [m.metadata.sequence.stream for m in first] == list(range(1, 9))
+        for message in first:
+            await message.ack()
+        second = await puller.fetch(5.0)
+        assert [m.metadata.sequence.stream for m in second] == [9, 10, 11]
+        assert all(m.headers["tidings-stream-id"] == "s" for m in second)
+    finally:
+        await puller.stop()
+
+
+async def test_an_idle_fetch_returns_the_first_message_when_it_comes(
+    stream: tuple[Any, Topology],
+) -> None:
+    from tidings.brokers.nats import durable_name
+    from tidings.brokers.nats_pull import Puller
+
+    broker, topology = stream
+    puller = Puller(broker.client, topology.name, durable_name("g", 0), batch=8)
+    await puller.start()
+    try:
+        assert await puller.fetch(0.3) == []  # nothing there: empty after the wait
+
+        async def publish_soon() -> None:
+            await asyncio.sleep(0.2)
+            await broker.publish([probe("s", 1)])
+
+        publishing = asyncio.create_task(publish_soon())
+        started = time.monotonic()
+        fetched = await puller.fetch(5.0)
+        assert time.monotonic() - started < 2.0  # not the whole wait, nor a full batch
+        await publishing
+        assert [m.metadata.sequence.stream for m in fetched] == [1]
+    finally:
+        await puller.stop()
+
+
+async def test_a_consumer_that_does_not_exist_gives_nothing_and_no_error(
+    stream: tuple[Any, Topology],
+) -> None:
+    from tidings.brokers.nats_pull import Puller
+
+    broker, topology = stream
+    puller = Puller(broker.client, topology.name, "no-such-consumer", batch=8)
+    await puller.start()
+    try:
+        assert await puller.fetch(0.2) == []
+    finally:
+        await puller.stop()
