@@ -97,3 +97,30 @@ async def test_worker_runs_inbox_consumers_until_stopped(engine: AsyncEngine) ->
     stop.set()
     await running
     assert await count(engine, effects) == 30
+
+
+async def test_a_batch_records_any_event_type_exactly(engine: AsyncEngine) -> None:
+    """A batch's inbox rows go to PostgreSQL as array literals: a type name holding what is
+    special in one (commas, braces, quotes, backslashes, spaces, the word NULL) is stored as
+    given, and recording the batch again finds every row already there."""
+    from dataclasses import replace
+
+    names = ["a,b", "{x}", 'say "hi"', "back\\slash", "two  spaces ", "NULL", "caf\u00e9", ""]
+    messages = [replace(probe("s", n), event_type=name) for n, name in enumerate(names)]
+    ids = [str(message.event_id) for message in messages]
+    runner = InboxConsumer("literal", engine, record)
+    async with runner.sessions() as session, session.begin():
+        assert await runner._record_many(session, ids, messages) == set(ids)
+    async with runner.sessions() as session, session.begin():
+        assert await runner._record_many(session, ids, messages) == set()
+    async with engine.connect() as connection:
+        stored = dict(
+            (
+                await connection.execute(
+                    select(inbox_table.c.message_id, inbox_table.c.event_type).where(
+                        inbox_table.c.consumer == "literal"
+                    )
+                )
+            ).all()
+        )
+    assert stored == dict(zip(ids, names, strict=True))
