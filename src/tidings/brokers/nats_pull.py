@@ -17,8 +17,9 @@ none. A header named ``Status`` on a published message therefore cannot end a re
 
 Deliveries come in the consumer's order (JetStream numbers them 1, 2, 3, ...) and stay in that
 order, including answers to a request that was given up, which the next fetch returns first.
-The caller checks the numbers (a gap is a delivery lost in transit) and, when it hands later
-ones back to wait for a lost one, :meth:`Puller.restart` s on a new inbox.
+The caller checks the numbers (a gap is a delivery lost in transit); when it hands later ones
+back to wait for a lost one, it calls :meth:`Puller.restart`, which answers on a new inbox from
+then on.
 """
 
 from __future__ import annotations
