@@ -41,18 +41,37 @@ async def test_a_status_ends_the_request_and_a_delivery_with_a_status_header_doe
     await puller._arrived(FakeMessage(headers={"Status": "408"}))
     assert ended.done()
     assert len(puller._received) == 1
-    assert puller.last_status is None
+    assert puller._refused is None
 
 
-async def test_a_refusal_is_kept_for_the_log_and_ends_the_request() -> None:
+class RefusingClient:
+    """Answers every pull request with JetStream's status for a deleted consumer."""
+
+    def __init__(self) -> None:
+        self.puller: Any = None
+        self.requests = 0
+
+    async def publish(self, subject: str, body: bytes, reply: str = "") -> None:
+        self.requests += 1
+        refusal = FakeMessage(headers={"Status": "409", "Description": "Consumer Deleted"})
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(self.puller._arrived(refusal))
+        )
+
+
+async def test_a_refusal_ends_the_request_and_fails_the_fetch() -> None:
     from tidings.brokers.nats_pull import Puller
+    from tidings.errors import BrokerError
 
-    puller = Puller(client=None, stream="s", durable="d", batch=3)
-    ended = asyncio.get_running_loop().create_future()
-    puller._expecting, puller._ended = 3, ended
-    await puller._arrived(FakeMessage(headers={"Status": "409", "Description": "Consumer Deleted"}))
-    assert ended.done()
-    assert puller.last_status == "409 Consumer Deleted"
+    client = RefusingClient()
+    puller = client.puller = Puller(client=client, stream="s", durable="d", batch=3)
+    started = time.monotonic()
+    # Not an empty fetch (which the caller would repeat at once): an error it logs and waits on.
+    with pytest.raises(BrokerError, match="409 Consumer Deleted"):
+        await puller.fetch(5.0)
+    assert time.monotonic() - started < 2.0  # each request ended at the refusal
+    assert client.requests == 2  # the no_wait request, then the lingering one
+    assert puller._refused is None  # reported once
 
 
 async def test_a_late_delivery_waits_for_the_next_fetch() -> None:

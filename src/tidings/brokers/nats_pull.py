@@ -25,12 +25,11 @@ then on.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import msgspec
 
-log = logging.getLogger("tidings.brokers.nats")
+from tidings.errors import BrokerError
 
 #: Statuses that end a pull request normally: nothing (more) to deliver, the request expired.
 _NORMAL_END = frozenset({"404", "408"})
@@ -56,8 +55,8 @@ class Puller:
         #: The request in flight: how many deliveries it may still bring, and its end.
         self._expecting = 0
         self._ended: asyncio.Future[None] | None = None
-        #: The last unusual status (409 ...), for the log.
-        self.last_status: str | None = None
+        #: The last refusal (a 409 status ...) since a fetch last returned.
+        self._refused: str | None = None
 
     async def start(self) -> None:
         if self._subscription is None:
@@ -86,13 +85,19 @@ class Puller:
 
     async def fetch(self, wait: float) -> list[Any]:
         """The deliveries available now (up to ``batch``); if none, the first to come within
-        ``wait`` seconds; an empty list if nothing came (or the server did not answer)."""
+        ``wait`` seconds; an empty list if nothing came (or the server did not answer).
+        Raises :class:`BrokerError` when nothing came and the server refused a request."""
         if not self._received:
             answered = await self._request(self._no_wait, self.batch, wait)
             if answered and not self._received:
                 lingering = msgspec.json.encode({"batch": 1, "expires": int(wait * 1e9)})
                 await self._request(lingering, 1, wait + REPLY_MARGIN)
         taken, self._received = self._received, []
+        if not taken and self._refused is not None:
+            # Asking again at once would be refused again (a deleted consumer, say): the caller
+            # logs this and waits before the next fetch.
+            refused, self._refused = self._refused, None
+            raise BrokerError(f"{self._next_subject}: pull request refused: {refused}")
         return taken
 
     async def _request(self, body: bytes, expecting: int, wait: float) -> bool:
@@ -121,8 +126,7 @@ class Puller:
             return
         if status not in _NORMAL_END:
             description = (message.headers or {}).get("Description", "")
-            self.last_status = f"{status} {description}".strip()
-            log.warning("%s: pull request refused: %s", self._next_subject, self.last_status)
+            self._refused = f"{status} {description}".strip()
         self._end()
 
     def _end(self) -> None:
