@@ -8,6 +8,7 @@ a consumer that does not answer; and nothing a server sends late is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -84,7 +85,7 @@ async def test_a_late_delivery_waits_for_the_next_fetch() -> None:
 
 
 @pytest.fixture
-async def stream(run_id: str) -> AsyncIterator[tuple[Any, Topology]]:
+async def broker(run_id: str) -> AsyncIterator[Any]:
     require("nats")
     from tidings.brokers.nats import NatsBroker
 
@@ -95,23 +96,32 @@ async def stream(run_id: str) -> AsyncIterator[tuple[Any, Topology]]:
     await broker.connect()
     await broker.declare()
     try:
-        yield broker, topology
+        yield broker
     finally:
         await broker.delete()
         await broker.close()
 
 
-async def test_fetches_what_is_there_up_to_the_batch_without_waiting(
-    stream: tuple[Any, Topology],
-) -> None:
-    from tidings.brokers.nats import durable_name
+@contextlib.asynccontextmanager
+async def pulling(broker: Any, durable: str) -> AsyncIterator[Any]:
+    """A started puller on ``durable`` of the broker's bus, stopped afterwards."""
     from tidings.brokers.nats_pull import Puller
 
-    broker, topology = stream
-    await broker.publish([probe("s", n) for n in range(1, 12)])
-    puller = Puller(broker.client, topology.name, durable_name("g", 0), batch=8)
+    puller = Puller(broker.client, broker.topology.name, durable, batch=8)
     await puller.start()
     try:
+        yield puller
+    finally:
+        await puller.stop()
+
+
+async def test_fetches_what_is_there_up_to_the_batch_without_waiting(
+    broker: Any,
+) -> None:
+    from tidings.brokers.nats import durable_name
+
+    await broker.publish([probe("s", n) for n in range(1, 12)])
+    async with pulling(broker, durable_name("g", 0)) as puller:
         started = time.monotonic()
         first = await puller.fetch(5.0)
         assert time.monotonic() - started < 2.0  # did not wait out the 5 s
@@ -121,20 +131,14 @@ async def test_fetches_what_is_there_up_to_the_batch_without_waiting(
         second = await puller.fetch(5.0)
         assert [m.metadata.sequence.stream for m in second] == [9, 10, 11]
         assert all(m.headers["tidings-stream-id"] == "s" for m in second)
-    finally:
-        await puller.stop()
 
 
 async def test_an_idle_fetch_returns_the_first_message_when_it_comes(
-    stream: tuple[Any, Topology],
+    broker: Any,
 ) -> None:
     from tidings.brokers.nats import durable_name
-    from tidings.brokers.nats_pull import Puller
 
-    broker, topology = stream
-    puller = Puller(broker.client, topology.name, durable_name("g", 0), batch=8)
-    await puller.start()
-    try:
+    async with pulling(broker, durable_name("g", 0)) as puller:
         assert await puller.fetch(0.3) == []  # nothing there: empty after the wait
 
         async def publish_soon() -> None:
@@ -147,19 +151,10 @@ async def test_an_idle_fetch_returns_the_first_message_when_it_comes(
         assert time.monotonic() - started < 2.0  # not the whole wait, nor a full batch
         await publishing
         assert [m.metadata.sequence.stream for m in fetched] == [1]
-    finally:
-        await puller.stop()
 
 
 async def test_a_consumer_that_does_not_exist_gives_nothing_and_no_error(
-    stream: tuple[Any, Topology],
+    broker: Any,
 ) -> None:
-    from tidings.brokers.nats_pull import Puller
-
-    broker, topology = stream
-    puller = Puller(broker.client, topology.name, "no-such-consumer", batch=8)
-    await puller.start()
-    try:
+    async with pulling(broker, "no-such-consumer") as puller:
         assert await puller.fetch(0.2) == []
-    finally:
-        await puller.stop()

@@ -523,26 +523,23 @@ class _NatsConsumer:
                 log.warning("lease upkeep for group %s failed: %r", self.group, exc)
 
     async def _serve(self, partition: int) -> None:
-        broker = self.broker
-        topology = broker.topology
+        topology = self.broker.topology
         durable = durable_name(self.group, partition)
         puller = self._pullers[partition]
-        try:
-            info = await broker.js.consumer_info(topology.name, durable)
-            held_by_predecessor = info.num_ack_pending > 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("consumer info for %s failed: %r", durable, exc)
-            held_by_predecessor = True
-        if held_by_predecessor:
-            # A predecessor died holding messages: wait until JetStream gives them back
-            # (after ack_wait), so they are fetched before anything newer.
+        info = await self._consumer_info(durable)
+        if info is None or info.num_ack_pending:
+            # A predecessor died holding messages (or the server cannot say): wait until
+            # JetStream gives them back (after ack_wait), so they are fetched before anything
+            # newer, and read the count again after that.
             await self._pause(topology.redelivery_after)
+            info = await self._consumer_info(durable)
         #: The consumer sequence of the next delivery, when known: JetStream numbers every
         #: delivery of this durable consumer (redeliveries too) 1, 2, 3, ..., so a jump means
-        #: a delivery we never received.
-        expected = await self._next_delivery(durable)
+        #: a delivery we never received. Whatever was delivered before now (to a predecessor, or
+        #: to this consumer when it served the partition earlier) has a lower number, so a late
+        #: arrival of it cannot pass for the next one. Unknown (None), the first delivery
+        #: fetched sets the count.
+        expected = None if info is None else int(info.delivered.consumer_seq) + 1
         while not self._stopping and partition not in self._releasing:
             try:
                 messages = await puller.fetch(FETCH_WAIT)
@@ -572,22 +569,15 @@ class _NatsConsumer:
                 # anything delivered meanwhile to a request we gave up on shows as a new gap.
                 expected = max(handed_back, *sequences) + 1
 
-    async def _next_delivery(self, durable: str) -> int | None:
-        """The number JetStream gives the consumer's next delivery (None if it cannot say).
-
-        Asked at the start, before the first fetch: whatever was delivered before (to a
-        predecessor, or to this consumer when it served the partition earlier) has a lower
-        number, so a late arrival of it cannot pass for the next one.
-        """
+    async def _consumer_info(self, durable: str) -> Any:
+        """The durable consumer's state at the server, or None (logged) if it cannot be read."""
         try:
-            info = await self.broker.js.consumer_info(self.broker.topology.name, durable)
+            return await self.broker.js.consumer_info(self.broker.topology.name, durable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Then the first delivery fetched sets the count, as it would at a first start.
             log.warning("consumer info for %s failed: %r", durable, exc)
             return None
-        return int(info.delivered.consumer_seq) + 1
 
     async def _handle_batch(self, messages: Sequence[Any], partition: int) -> None:
         deliveries = [_delivery(message, partition) for message in messages]
