@@ -22,13 +22,14 @@ ceiling beside tidings'.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
 import psycopg
+
+from _clock import Lap, Stopwatch
 
 BATCH = 100
 PAGE = 1000
@@ -78,10 +79,8 @@ class Pipe(Protocol):
     async def close(self) -> None: ...
 
 
-async def run(
-    pipe: Pipe, dsn: str, schema: str, count: int, wait_limit: float = 120.0
-) -> tuple[float, float]:
-    """Writers, relay and consumer at once; (events per second, CPU seconds per event).
+async def run(pipe: Pipe, dsn: str, schema: str, count: int, wait_limit: float = 120.0) -> Lap:
+    """Writers, relay and consumer at once: their rate and CPU per event.
 
     ``dsn`` is a libpq URL; the floor's tables (:data:`DDL`) must exist in ``schema``, empty.
     """
@@ -132,10 +131,9 @@ async def run(
             handled += len(bodies)
 
     try:
-        started, cpu = time.perf_counter(), time.process_time()
+        stopwatch = Stopwatch()
         await asyncio.wait_for(asyncio.gather(write(), forward(), consume()), wait_limit)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        return count / elapsed, cpu / count
+        return stopwatch.lap(count)
     finally:
         await pipe.close()
         for connection in (writer, relay, consumer):

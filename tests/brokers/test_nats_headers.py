@@ -1,21 +1,25 @@
-"""NATS: the adapter's header parser reads what nats-py's reads, and the client really uses it.
+"""NATS: the adapter's client writes and reads headers as nats-py does, and really uses both.
 
-The adapter's nats-py client parses message headers with
-:func:`tidings.brokers.nats.parse_header_lines` (a faster reading of the same format) through a
-private hook of nats-py. These tests pin both halves: the result is nats-py's own on ordinary and
-hostile header blocks, and the pinned nats-py still calls the hook (if an upgrade renames it,
-the adapter keeps working at the old speed, and this test says so).
+The adapter's nats-py client (:mod:`tidings.brokers.nats_client`) reads message headers with
+:func:`~tidings.brokers.nats_client.parse_header_lines` and sends blocks made by
+:func:`~tidings.brokers.nats_client.header_block`, through two private hooks of nats-py. These
+tests pin both halves: the results are nats-py's own, byte for byte, on ordinary and hostile
+headers, and the pinned nats-py still goes through the hooks (if an upgrade renames one, this
+test says so).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 pytest.importorskip("nats")
 
-from nats.aio.client import Client
+import nats.errors
+from nats.aio.client import Client as NatsPyClient
 
-from tidings.brokers.nats import _Client, parse_header_lines
+from tidings.brokers.nats_client import Client, HeaderBlock, header_block, parse_header_lines
 
 BLOCKS = [
     b"tidings-event-id: 6f1c\r\ntidings-stream-id: order-7\r\ntraceparent: 00-ab-cd-01\r\n\r\n",
@@ -33,22 +37,71 @@ BLOCKS = [
     b"",
 ]
 
+HEADERS = [
+    {"tidings-event-id": "6f1c", "tidings-stream-id": "order-7", "Nats-Msg-Id": "6f1c"},
+    {"  padded ": "  both sides\t", "x": ""},  # stripped, as nats-py does
+    {"": "an empty name is left out", "   ": "so is a blank one", "ok": "yes"},
+    {"multi-line": "one\r\ntwo\nthree\rfour", "unicode": "caf\u00e9 \u2603"},
+    {"tidings-event-type": "orders.Placed", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16},
+    {},
+]
+
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_reads_a_header_block_as_nats_py_does(block: bytes) -> None:
-    assert parse_header_lines(block) == Client._parse_header_lines(block)
+    assert parse_header_lines(block) == NatsPyClient._parse_header_lines(block)
 
 
 async def test_the_adapters_client_parses_headers_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "_parse_header_lines" in vars(Client), "nats-py no longer has the hook we override"
-    assert _Client._parse_header_lines is parse_header_lines
+    assert "_parse_header_lines" in vars(NatsPyClient), "nats-py no longer has the hook we override"
+    assert Client._parse_header_lines is parse_header_lines
     seen: list[bytes] = []
 
     def spy(raw: bytes) -> dict[str, str]:
         seen.append(raw)
         return parse_header_lines(raw)
 
-    monkeypatch.setattr(_Client, "_parse_header_lines", staticmethod(spy))
+    monkeypatch.setattr(Client, "_parse_header_lines", staticmethod(spy))
     block = b"NATS/1.0\r\ntidings-event-type: orders.Placed\r\nbad name: x\r\n\r\n"
-    assert await _Client()._process_headers(block) == {"tidings-event-type": "orders.Placed"}
+    assert await Client()._process_headers(block) == {"tidings-event-type": "orders.Placed"}
     assert seen == [b"tidings-event-type: orders.Placed\r\nbad name: x\r\n\r\n"]
+
+
+async def sent_by(client: Client, headers: Any) -> list[bytes]:
+    """The protocol commands one publication with ``headers`` hands to the connection."""
+    sent: list[bytes] = []
+
+    async def capture(command: bytes, priority: bool = False) -> None:
+        sent.append(command)
+
+    client._send_command = capture  # type: ignore[method-assign]
+    await client._send_publish("orders.p.3", "_INBOX.x.1", b"{}", 2, headers)
+    return sent
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+async def test_writes_the_command_nats_py_writes(headers: dict[str, str]) -> None:
+    assert "_send_publish" in vars(NatsPyClient), "nats-py no longer has the hook we override"
+    ours, theirs = Client(), Client()
+    assert await sent_by(ours, header_block(headers)) == await sent_by(theirs, headers)
+    assert ours.stats["out_msgs"] == theirs.stats["out_msgs"] == 1
+    assert ours.stats["out_bytes"] == theirs.stats["out_bytes"] == 2
+
+
+@pytest.mark.parametrize("name", ["has space", "colon:", "caf\u00e9", "new\nline", "a\tb"])
+def test_refuses_a_header_name_nats_py_refuses(name: str) -> None:
+    with pytest.raises(nats.errors.BadHeaderError):
+        header_block({"ok": "1", name: "value"})
+
+
+def test_a_refused_name_is_refused_every_time() -> None:
+    # A name that failed once is not remembered as checked.
+    for _ in range(2):
+        with pytest.raises(nats.errors.BadHeaderError):
+            header_block({"bad name": "x"})
+
+
+async def test_a_plain_dict_still_goes_through_nats_py() -> None:
+    sent = await sent_by(Client(), {"a": "1"})
+    assert sent == [b"HPUB orders.p.3 _INBOX.x.1 18 20\r\nNATS/1.0\r\na: 1\r\n\r\n{}\r\n"]
+    assert isinstance(header_block({"a": "1"}), HeaderBlock)

@@ -12,12 +12,15 @@ arrived or failed by the first refusal. Every message still waits for its own ac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tidings.errors import PublishNotConfirmed
+
+if TYPE_CHECKING:
+    from tidings.brokers.nats_client import HeaderBlock
 
 #: The status JetStream answers with when no stream listens on the subject.
 NO_RESPONDERS = "503"
@@ -52,7 +55,9 @@ class PublishAcks:
             self._prefix = f"{inbox}."
         return self._prefix
 
-    async def publish(self, outgoing: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+    async def publish(
+        self, outgoing: Sequence[tuple[str, bytes, Mapping[str, str] | HeaderBlock]]
+    ) -> None:
         """Send ``(subject, payload, headers)`` messages; return once all are acknowledged.
 
         Raises :class:`PublishNotConfirmed` at the first refusal, :class:`TimeoutError` when an

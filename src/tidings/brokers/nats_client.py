@@ -1,0 +1,119 @@
+"""nats-py's client with faster message headers, both ways.
+
+nats-py writes and reads every header of every message one at a time in Python: for the dozen
+headers of a tidings message about 16 us to write (strip, regular expression, translate and two
+encodes per header) and 15 us to read. :class:`Client` replaces both with one pass over the
+block, byte for byte the same result:
+
+* reading: nats-py's private static hook ``_parse_header_lines`` is :func:`parse_header_lines`;
+* writing: :func:`header_block` writes the block once; handed to ``publish()`` as its
+  ``headers``, it goes out as it is, where nats-py's private ``_send_publish`` would encode a
+  dict again.
+
+Both hooks are private to nats-py (there in the pinned 2.16).
+``tests/brokers/test_nats_headers.py`` checks the blocks and dicts equal nats-py's own and that
+the pinned version still goes through both; with ``fast_mail_parser`` installed nats-py reads
+headers with it instead, and the reading override is simply not called.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tidings.errors import ConfigurationError
+
+try:
+    import nats.aio.client
+    import nats.errors
+    from nats.protocol.command import hpub_cmd
+except ImportError as missing:  # pragma: no cover - depends on the installed extras
+    raise ConfigurationError(
+        "the NATS adapter needs nats-py: pip install 'tidings[nats]'"
+    ) from missing
+
+#: Whitespace as nats-py strips it from header names and values it reads (bytes.strip's set).
+_HEADER_SPACE = " \t\n\r\x0b\x0c"
+
+#: A header name nats-py accepts for publishing (an HTTP token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+#: Header names already checked: the same dozen come with every message. Bounded, so that a
+#: stream of made-up names cannot grow it; names past the bound are checked every time.
+_checked_names: set[str] = set()
+_CHECKED_NAMES_MAX = 1024
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """A NATS header block (``Name: Value\\r\\n`` per line) as a dict, read the way nats-py
+    reads it (names with non-ASCII bytes or inner whitespace are skipped, values decoded as
+    UTF-8 with replacement characters), in a third of its time: one decode for the block
+    instead of two per line, and no per-character loop over each name."""
+    headers: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            name = name.strip(_HEADER_SPACE)
+            if name.isascii() and len(name.split()) == 1:
+                headers[name] = value.strip(_HEADER_SPACE)
+    return headers
+
+
+class HeaderBlock:
+    """Message headers written out as a NATS header block, ready to send (:func:`header_block`)."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: bytes) -> None:
+        self.block = block
+
+
+def header_block(headers: Mapping[str, str]) -> HeaderBlock:
+    """The header block nats-py would write for ``headers``, made in one pass.
+
+    As nats-py does: names and values are stripped, an empty name is left out, a name that is
+    not an HTTP token raises ``nats.errors.BadHeaderError``, line breaks in a value become
+    spaces.
+    """
+    parts = ["NATS/1.0\r\n"]
+    for name, value in headers.items():
+        if name not in _checked_names:
+            stripped = name.strip()
+            if not stripped:
+                continue
+            if not _HEADER_NAME.fullmatch(stripped):
+                raise nats.errors.BadHeaderError(stripped)
+            if stripped == name and len(_checked_names) < _CHECKED_NAMES_MAX:
+                _checked_names.add(name)
+            name = stripped
+        value = value.strip()
+        if "\r" in value or "\n" in value:
+            value = value.translate(_NEWLINES)
+        parts += (name, ": ", value, "\r\n")
+    parts.append("\r\n")
+    return HeaderBlock("".join(parts).encode())
+
+
+class Client(nats.aio.client.Client):
+    """nats-py's client, reading headers with :func:`parse_header_lines` and sending a
+    :class:`HeaderBlock` given as ``publish(headers=...)`` as it is (see the module docstring).
+    """
+
+    _parse_header_lines = staticmethod(parse_header_lines)
+
+    async def _send_publish(
+        self, subject: str, reply: str, payload: bytes, payload_size: int, headers: Any
+    ) -> None:
+        if not isinstance(headers, HeaderBlock):
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        # What nats-py's own does once it has its block: the command, its counters, the flush.
+        if subject == "":
+            raise nats.errors.BadSubjectError
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += payload_size
+        await self._send_command(hpub_cmd(subject, reply, headers.block, payload))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
