@@ -60,8 +60,13 @@ def host_bound(host_cpu: float | None) -> float | None:
 
 def process_cpu(pid: int) -> float | None:
     """CPU seconds process ``pid`` (all its threads) has used, or ``None`` where unknown."""
+    return stat_cpu(f"/proc/{pid}/stat")
+
+
+def stat_cpu(path: str) -> float | None:
+    """CPU seconds in a ``proc(5)`` stat file (a process's or a thread's), ``None`` if unread."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with open(path) as stat:
             fields = stat.read().rpartition(")")[2].split()
     except OSError:
         return None

@@ -47,7 +47,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import _floor
-from _clock import CORES, Lap, Stopwatch, host_bound, process_cpu
+from _clock import CORES, Lap, Stopwatch, host_bound, process_cpu, stat_cpu
 from _services import require
 from tidings import Aggregate, Envelope, Handlers, event
 from tidings.brokers.forwarding import forward_to_bus
@@ -150,16 +150,11 @@ def stage_cpu() -> dict[str, float]:
     Read from ``/proc/self/task`` (Linux); empty elsewhere. A thread that ended between two
     readings is missing from the difference, so take both while the stages are running.
     """
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     used: dict[str, float] = {}
     for thread in threading.enumerate():
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
+        seconds = stat_cpu(f"/proc/self/task/{thread.native_id}/stat")
+        if seconds is None:
             continue
-        # utime and stime: the 14th and 15th fields of stat(5), 12th and 13th after the name.
-        seconds = (int(fields[11]) + int(fields[12])) / ticks
         stage = _stage(thread.name)
         used[stage] = used.get(stage, 0.0) + seconds
     return used

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -197,6 +197,23 @@ def declared_bus(name: str, topology: Topology) -> Iterator[BrokerFactory]:
         yield factory
     finally:
         asyncio.run(factory.cleanup(topology))
+
+
+@asynccontextmanager
+async def declared_nats(topology: Topology, **options: Any) -> AsyncIterator[Any]:
+    """A connected ``NatsBroker`` (``options`` passed on) with ``topology`` declared; the bus is
+    deleted and the client closed afterwards. For the NATS adapter's own tests."""
+    require("nats")
+    from tidings.brokers.nats import NatsBroker
+
+    broker = NatsBroker(NATS_URL, topology, **options)
+    await broker.connect()
+    await broker.declare()
+    try:
+        yield broker
+    finally:
+        await broker.delete()
+        await broker.close()
 
 
 def make_broker(factory: BrokerFactory, topology: Topology) -> Any:

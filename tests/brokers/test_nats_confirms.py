@@ -16,7 +16,8 @@ import pytest
 from tidings.brokers.port import Topology
 from tidings.errors import PublishNotConfirmed
 from tidings.testing.broker_contract import probe
-from tidings.testing.services import NATS_URL, require
+
+from .conftest import declared_nats
 
 
 def test_an_acknowledgement_is_not_a_refusal() -> None:
@@ -39,18 +40,9 @@ def test_refusals_say_why() -> None:
 
 @pytest.fixture
 async def broker(run_id: str) -> AsyncIterator[Any]:
-    require("nats")
-    from tidings.brokers.nats import NatsBroker
-
     topology = Topology(name=f"acks-{run_id}-{uuid.uuid4().hex[:6]}", groups=("g",), partitions=2)
-    broker = NatsBroker(NATS_URL, topology, confirm_timeout=5.0)
-    await broker.connect()
-    await broker.declare()
-    try:
+    async with declared_nats(topology, confirm_timeout=5.0) as broker:
         yield broker
-    finally:
-        await broker.delete()
-        await broker.close()
 
 
 async def test_every_confirmed_message_is_in_the_stream(broker: Any) -> None:

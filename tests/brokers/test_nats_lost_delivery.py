@@ -22,7 +22,9 @@ import pytest
 from tidings.brokers.port import Delivery, Topology
 from tidings.brokers.wire import decode_message, normalize_headers
 from tidings.testing.broker_contract import eventually, probe
-from tidings.testing.services import NATS_URL, require
+from tidings.testing.services import NATS_URL
+
+from .conftest import declared_nats
 
 
 def test_deliveries_in_order_counts_up_to_the_first_gap() -> None:
@@ -38,9 +40,6 @@ def test_deliveries_in_order_counts_up_to_the_first_gap() -> None:
 
 @pytest.fixture
 async def topology(run_id: str) -> AsyncIterator[Topology]:
-    require("nats")
-    from tidings.brokers.nats import NatsBroker
-
     topology = Topology(
         name=f"lost-{run_id}-{uuid.uuid4().hex[:6]}",
         groups=("g",),
@@ -48,14 +47,8 @@ async def topology(run_id: str) -> AsyncIterator[Topology]:
         redelivery_after=3.0,
         prefetch=16,
     )
-    broker = NatsBroker(NATS_URL, topology)
-    await broker.connect()
-    await broker.declare()
-    try:
+    async with declared_nats(topology):
         yield topology
-    finally:
-        await broker.delete()
-        await broker.close()
 
 
 async def test_a_lost_delivery_is_handled_before_the_messages_after_it(

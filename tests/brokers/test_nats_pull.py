@@ -19,7 +19,8 @@ import pytest
 
 from tidings.brokers.port import Topology
 from tidings.testing.broker_contract import probe
-from tidings.testing.services import NATS_URL, require
+
+from .conftest import declared_nats
 
 
 @dataclass
@@ -86,20 +87,11 @@ async def test_a_late_delivery_waits_for_the_next_fetch() -> None:
 
 @pytest.fixture
 async def broker(run_id: str) -> AsyncIterator[Any]:
-    require("nats")
-    from tidings.brokers.nats import NatsBroker
-
     topology = Topology(
         name=f"pull-{run_id}-{uuid.uuid4().hex[:6]}", groups=("g",), partitions=1, prefetch=8
     )
-    broker = NatsBroker(NATS_URL, topology)
-    await broker.connect()
-    await broker.declare()
-    try:
+    async with declared_nats(topology) as broker:
         yield broker
-    finally:
-        await broker.delete()
-        await broker.close()
 
 
 @contextlib.asynccontextmanager
