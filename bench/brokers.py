@@ -59,6 +59,7 @@ from tidings.core.registry import EventRegistry
 from tidings.integration.translator import Translator, integration_event
 from tidings.outbox import Relay, RelayConfig, create_tables
 from tidings.outbox import metadata as outbox_metadata
+from tidings.runtime import tune_collector
 from tidings.testing.broker_contract import probe
 from tidings.testing.services import NATS_URL, POSTGRES_URL, RABBITMQ_URL, REDIS_URL
 
@@ -498,12 +499,17 @@ def sync_engine_for(schema: str) -> Engine:
     return create_engine(POSTGRES_URL, connect_args=options, pool_size=8)
 
 
-def relay_process(kind: str, topology: Topology, schema: str, ready: Any, stop: Any) -> None:
-    """A relay process, as deployed: follows the outbox and publishes until ``stop`` is set."""
+def relay_process(
+    kind: str, topology: Topology, schema: str, tune: bool, ready: Any, stop: Any
+) -> None:
+    """A relay process, as deployed (``tidings relay``): follows the outbox and publishes until
+    ``stop`` is set."""
     sync_engine = sync_engine_for(schema)
     config, publisher = relay_config(kind, topology, sync_engine)
     relay = Relay(config)
     relay.prepare()
+    if tune:
+        tune_collector()
     relay.start()
     ready.set()
     stop.wait()
@@ -513,10 +519,18 @@ def relay_process(kind: str, topology: Topology, schema: str, ready: Any, stop: 
 
 
 def consumer_process(
-    kind: str, topology: Topology, schema: str, ready: Any, stop: Any, handled: Any, out: Any
+    kind: str,
+    topology: Topology,
+    schema: str,
+    tune: bool,
+    ready: Any,
+    stop: Any,
+    handled: Any,
+    out: Any,
 ) -> None:
-    """A worker process: consumes until ``stop`` is set, publishing its handled count in
-    ``handled``; then puts when each message's transaction committed on ``out``."""
+    """A worker process (``tidings worker``): consumes until ``stop`` is set, publishing its
+    handled count in ``handled``; then puts when each message's transaction committed on
+    ``out``."""
 
     async def consume() -> None:
         engine = async_engine_for(schema)
@@ -524,6 +538,8 @@ def consumer_process(
         await broker.connect()
         committed = make_runner(topology, engine)
         consumer = await broker.consume("g", committed)
+        if tune:
+            tune_collector()
         ready.set()
         while not stop.is_set():
             handled.value = committed.runner.handled
@@ -537,7 +553,7 @@ def consumer_process(
 
 
 async def outbox_split_run(
-    kind: str, sync_engine: Engine, schema: str, count: int, seconds: float
+    kind: str, sync_engine: Engine, schema: str, count: int, seconds: float, tune: bool
 ) -> tuple[Throughput, list[float]]:
     """The outbox path with writers, relay and consumer in three processes (as deployed).
 
@@ -550,11 +566,11 @@ async def outbox_split_run(
     ready = {"relay": context.Event(), "consumer": context.Event()}
     processes = {
         "relay": context.Process(
-            target=relay_process, args=(kind, topology, schema, ready["relay"], stop)
+            target=relay_process, args=(kind, topology, schema, tune, ready["relay"], stop)
         ),
         "consumer": context.Process(
             target=consumer_process,
-            args=(kind, topology, schema, ready["consumer"], stop, handled, out),
+            args=(kind, topology, schema, tune, ready["consumer"], stop, handled, out),
         ),
     }
     for process in processes.values():
@@ -638,7 +654,13 @@ async def adapter_run(
 
 
 async def bench(
-    kind: str, engine: AsyncEngine, sync_engine: Engine, schema: str, count: int, seconds: float
+    kind: str,
+    engine: AsyncEngine,
+    sync_engine: Engine,
+    schema: str,
+    count: int,
+    seconds: float,
+    tune: bool,
 ) -> Result:
     raw: dict[str, Callable[[int], Awaitable[Throughput]]] = {
         "rabbitmq": raw_rabbitmq,
@@ -648,7 +670,7 @@ async def bench(
     raw_throughput = await raw[kind](count)
     floor = await floor_run(kind, engine, schema, count)
     outbox = measure(*await outbox_run(kind, engine, sync_engine, count, seconds))
-    split = measure(*await outbox_split_run(kind, sync_engine, schema, count, seconds))
+    split = measure(*await outbox_split_run(kind, sync_engine, schema, count, seconds, tune))
     adapter = measure(*await adapter_run(kind, engine, count, seconds))
     return Result(kind, raw_throughput, floor, outbox, split, adapter)
 
@@ -665,7 +687,7 @@ async def floor_run(kind: str, engine: AsyncEngine, schema: str, count: int) -> 
     return Throughput.of(await _floor.run(pipe, dsn, schema, count))
 
 
-async def main_async(kinds: list[str], count: int, seconds: float) -> list[Result]:
+async def main_async(kinds: list[str], count: int, seconds: float, tune: bool) -> list[Result]:
     schema = f"bench_brokers_{uuid.uuid4().hex[:8]}"
     creator = create_async_engine(POSTGRES_URL)
     async with creator.begin() as connection:
@@ -679,7 +701,9 @@ async def main_async(kinds: list[str], count: int, seconds: float) -> list[Resul
             for statement in _floor.DDL:
                 await connection.execute(text(statement))
         create_tables(sync_engine)
-        return [await bench(kind, engine, sync_engine, schema, count, seconds) for kind in kinds]
+        return [
+            await bench(kind, engine, sync_engine, schema, count, seconds, tune) for kind in kinds
+        ]
     finally:
         sync_engine.dispose()
         async with engine.begin() as connection:
@@ -700,11 +724,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events, shorter latency run")
     parser.add_argument("--only", nargs="*", default=["rabbitmq", "nats", "redis"])
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="leave every process's garbage collector as CPython sets it (no tune_collector)",
+    )
     args = parser.parse_args()
     require("postgres", *args.only)
-    count, seconds = (1000, 2.0) if args.quick else (4000, 5.0)
-    results = asyncio.run(main_async(args.only, count, seconds))
-    print(f"\n{count} events per throughput run; latency at {RATE} events/s for {seconds:g} s")
+    count, seconds = (1000, 2.0) if args.quick else (20_000, 5.0)
+    tune = not args.default_gc
+    if tune:
+        # Every process of the run, this one (raw clients, floor, one-process paths) included,
+        # as `tidings relay` and `tidings worker` run theirs.
+        tune_collector()
+    results = asyncio.run(main_async(args.only, count, seconds, tune))
+    collector = "tuned (tidings.runtime)" if tune else "CPython's defaults"
+    print(
+        f"\n{count} events per throughput run; latency at {RATE} events/s for {seconds:g} s;"
+        f" garbage collector: {collector}"
+    )
     print(
         f"{'broker':<10}{'path':<28}{'ev/s':>9}{'of raw':>8}{'cpu us/ev':>11}{'host us/ev':>12}"
         f"{'all cores':>11}{'p50 ms':>9}{'p99 ms':>9}  target"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from tidings.cli.main import _register_command_groups, cli
@@ -66,7 +67,8 @@ def test_bad_app_arguments_say_what_is_wrong() -> None:
     assert code != 0 and "not a tidings.brokers.worker.Worker" in output
 
 
-def test_worker_runs_until_sigterm_and_stops_cleanly() -> None:
+@pytest.mark.parametrize("flag", ["--gc-tuning", "--no-gc-tuning"])
+def test_worker_runs_until_sigterm_and_stops_cleanly(flag: str) -> None:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -75,6 +77,7 @@ def test_worker_runs_until_sigterm_and_stops_cleanly() -> None:
             "worker",
             "--app",
             f"{APP}:worker",
+            flag,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -85,6 +88,8 @@ def test_worker_runs_until_sigterm_and_stops_cleanly() -> None:
     assert process.stdout is not None
     first_line = process.stdout.readline()
     assert "1 subscription(s)" in first_line
+    # Tuned once the application is loaded (tidings.runtime), unless asked not to.
+    assert ("garbage collector tuned:" in first_line) is (flag == "--gc-tuning"), first_line
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err

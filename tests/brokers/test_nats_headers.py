@@ -19,7 +19,13 @@ pytest.importorskip("nats")
 import nats.errors
 from nats.aio.client import Client as NatsPyClient
 
-from tidings.brokers.nats_client import Client, HeaderBlock, header_block, parse_header_lines
+from tidings.brokers.nats_client import (
+    Client,
+    HeaderBlock,
+    TextHeaders,
+    header_block,
+    parse_header_lines,
+)
 
 BLOCKS = [
     b"tidings-event-id: 6f1c\r\ntidings-stream-id: order-7\r\ntraceparent: 00-ab-cd-01\r\n\r\n",
@@ -49,7 +55,11 @@ HEADERS = [
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_reads_a_header_block_as_nats_py_does(block: bytes) -> None:
-    assert parse_header_lines(block) == NatsPyClient._parse_header_lines(block)
+    parsed = parse_header_lines(block)
+    assert parsed == NatsPyClient._parse_header_lines(block)
+    # Marked as text, so the adapter takes the dict as it is (no second pass over it).
+    assert type(parsed) is TextHeaders
+    assert all(type(k) is str and type(v) is str for k, v in parsed.items())
 
 
 async def test_the_adapters_client_parses_headers_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,3 +115,20 @@ async def test_a_plain_dict_still_goes_through_nats_py() -> None:
     sent = await sent_by(Client(), {"a": "1"})
     assert sent == [b"HPUB orders.p.3 _INBOX.x.1 18 20\r\nNATS/1.0\r\na: 1\r\n\r\n{}\r\n"]
     assert isinstance(header_block({"a": "1"}), HeaderBlock)
+
+
+def test_a_delivery_takes_text_headers_as_they_are_and_normalizes_others() -> None:
+    from types import SimpleNamespace
+
+    from tidings.brokers.nats import _delivery
+
+    metadata = SimpleNamespace(num_delivered=2, sequence=SimpleNamespace(stream=41))
+    text = parse_header_lines(b"a: 1\r\n")
+    ours = _delivery(SimpleNamespace(data=b"x", headers=text, metadata=metadata), 3)
+    assert ours.headers is text  # no copy made
+    # nats-py's own reading (fast_mail_parser installed) or anything else: made str -> str.
+    other = SimpleNamespace(data=None, headers={b"a": b"1", "n": 5}, metadata=metadata)
+    theirs = _delivery(other, 3)
+    assert theirs.headers == {"a": "1", "n": "5"} and theirs.body == b""
+    assert (theirs.partition, theirs.attempt, theirs.broker_id) == (3, 2, "41")
+    assert _delivery(SimpleNamespace(data=b"", headers=None, metadata=metadata), 0).headers == {}

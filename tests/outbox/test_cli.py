@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,37 @@ def test_relay_as_a_real_process(store: Store) -> None:
         check=True,
     )
     assert json.loads(report.stdout)["backlog"] == 0
+
+
+@pytest.mark.parametrize("flag", ["--gc-tuning", "--no-gc-tuning"])
+def test_relay_follows_until_sigterm_with_its_collector_tuned_unless_asked_not_to(
+    store: Store, flag: str
+) -> None:
+    config = make_config(store.engine)
+    deposit(config, "acc-0", 1, 0)
+    here = Path(__file__).resolve().parent
+    command = [sys.executable, "-m", "tidings.cli.main", "relay", "--url", store.url]
+    process = subprocess.Popen(
+        [*command, "--app", "app:make_config", flag],
+        env={**store.env, "PYTHONPATH": str(here)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        started = process.stderr.readline()
+        assert "following" in started
+        tuned = "garbage collector tuned:" in started
+        assert tuned is (flag == "--gc-tuning"), started
+        deadline = time.monotonic() + 60
+        while not effects(store.engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e.seq for e in effects(store.engine)] == [0]  # it does deliver meanwhile
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

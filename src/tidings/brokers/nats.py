@@ -85,7 +85,7 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
         "the NATS adapter needs nats-py: pip install 'tidings[nats]'"
     ) from missing
 
-from tidings.brokers.nats_client import Client, header_block
+from tidings.brokers.nats_client import Client, TextHeaders, header_block
 
 log = logging.getLogger("tidings.brokers.nats")
 
@@ -552,8 +552,8 @@ class _NatsConsumer:
     async def _handle_batch(self, messages: Sequence[Any], partition: int) -> None:
         deliveries = [_delivery(message, partition) for message in messages]
         if await self.batches.run(deliveries):
-            for message in messages:
-                await self._settle(message.ack())
+            # One block of acks for the batch (what message.ack() sends, for each message).
+            await self._settle(self.broker.client.acknowledge(messages))
             return
         for message, delivery in zip(messages, deliveries, strict=True):
             await self._handle_one(message, delivery)
@@ -667,9 +667,14 @@ def _stream_sequence(message: Any) -> int:
 
 
 def _delivery(message: Any, partition: int) -> Delivery:
+    headers = message.headers
+    if type(headers) is not TextHeaders:
+        # Not read by the adapter's client (nats-py's own reading, with fast_mail_parser
+        # installed, say): made str -> str here. TextHeaders are that already.
+        headers = normalize_headers(headers)
     return Delivery(
         body=message.data or b"",
-        headers=normalize_headers(message.headers),
+        headers=headers,
         partition=partition,
         attempt=message.metadata.num_delivered,
         broker_id=str(message.metadata.sequence.stream),

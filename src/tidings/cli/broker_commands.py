@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from tidings.cli.apps import resolve
-from tidings.cli.main import emit
+from tidings.cli.main import emit, gc_tuning_option
+from tidings.runtime import tune_collector
 
 
 def load_app(spec: str) -> Any:
@@ -36,7 +37,8 @@ def load_app(spec: str) -> Any:
 
 @click.command()
 @click.option("--app", "app_spec", required=True, help="module:attr of the Worker to run.")
-def worker(app_spec: str) -> None:
+@gc_tuning_option
+def worker(app_spec: str, gc_tuning: bool) -> None:
     """Run the application's broker consumers until SIGINT or SIGTERM."""
     from tidings.brokers.worker import Worker
 
@@ -46,15 +48,17 @@ def worker(app_spec: str) -> None:
             f"{app_spec} is a {type(app).__name__}, not a tidings.brokers.worker.Worker",
             param_hint="--app",
         )
-    asyncio.run(_run_worker(app))
+    # Once the application is loaded (its modules, engines and handlers are the start-up heap).
+    tuned = f"; {tune_collector().describe()}" if gc_tuning else ""
+    asyncio.run(_run_worker(app, tuned))
 
 
-async def _run_worker(app: Any) -> None:
+async def _run_worker(app: Any, tuned: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    click.echo(f"tidings worker: {len(app.subscriptions)} subscription(s); Ctrl-C to stop")
+    click.echo(f"tidings worker: {len(app.subscriptions)} subscription(s){tuned}; Ctrl-C to stop")
     await app.run(stop)
     click.echo("tidings worker: stopped")
 

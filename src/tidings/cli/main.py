@@ -23,6 +23,15 @@ def emit(data: Any, as_json: bool, human: str) -> None:
         click.echo(human)
 
 
+#: For the long-running commands (``relay``, ``worker``): see :mod:`tidings.runtime`.
+gc_tuning_option = click.option(
+    "--gc-tuning/--no-gc-tuning",
+    default=True,
+    show_default=True,
+    help="Once started, freeze the start-up heap and raise the young GC threshold.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tidings.__version__, prog_name="tidings")
 def cli() -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tidings.cli.apps import resolve
-from tidings.cli.main import emit
+from tidings.cli.main import emit, gc_tuning_option
 from tidings.core.dispatch import Handlers
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.outbox import (
@@ -33,6 +33,7 @@ from tidings.outbox import (
 )
 from tidings.outbox.deadletters import describe_many
 from tidings.persistence.sqlite import sqlite_engine
+from tidings.runtime import tune_collector
 
 url_option = click.option(
     "--url",
@@ -147,8 +148,9 @@ def db_init(url: str, only: str | None) -> None:
 @click.option("--node", default=None, help="Name of this relay process (default: random).")
 @click.option("--once", is_flag=True, help="Deliver what is due, then exit.")
 @click.option("--log-level", default="INFO", show_default=True)
+@gc_tuning_option
 def relay_command(
-    url: str, app_spec: str | None, node: str | None, once: bool, log_level: str
+    url: str, app_spec: str | None, node: str | None, once: bool, log_level: str, gc_tuning: bool
 ) -> None:
     """Deliver committed events to after-commit subscribers until interrupted."""
     logging.basicConfig(
@@ -172,7 +174,8 @@ def relay_command(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    click.echo(f"relay {relay.node} following {config.log.name}", err=True)
+    tuned = f"; {tune_collector().describe()}" if gc_tuning else ""
+    click.echo(f"relay {relay.node} following {config.log.name}{tuned}", err=True)
     relay.run()
 
 
