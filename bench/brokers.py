@@ -21,11 +21,15 @@ For each broker (RabbitMQ, NATS JetStream, Redis Streams), in the same run:
   the raw ceiling is what the guarantees alone leave of the target's 60%.
 
 Both use 8 partitions (per-stream order kept) and 64 streams. Throughput is events/s from the
-first commit (or publish) to the last handled event. Latency is measured at a steady 1,000
+first commit (or publish) to the last handled event, over 20,000 events (1,000 with --quick).
+Every process of the run, this one (raw clients and floor included) and the process-per-stage
+run's relay and consumer, has its garbage collector tuned as ``tidings relay`` and ``tidings
+worker`` tune theirs (:func:`tidings.runtime.tune_collector`); ``--default-gc`` leaves CPython's
+defaults everywhere, to compare. Latency is measured at a steady 1,000
 events/s: from just before the commit (or ``publish()``) to the end of the consumer's commit,
 p50 and p99. Target: outbox->broker->consumer >= 60% of the raw ceiling.
 
-    python bench/brokers.py [--quick] [--only rabbitmq nats redis]
+    python bench/brokers.py [--quick] [--only rabbitmq nats redis] [--default-gc]
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Topology declared for a bus ``B`` with groups ``G``:
 
 The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch;
 pull requests of its own, :mod:`tidings.brokers.nats_pull`), gives it to a batch-capable handler
-(the inbox) at once and acknowledges it after the single commit; otherwise, or if the batch
-fails, message by message. JetStream numbers the deliveries of a consumer without gaps; a jump
+(the inbox) at once and acknowledges it after the single commit (the batch's acks written as
+one block, ``Client.acknowledge``); otherwise, or if the batch fails, message by message. JetStream numbers the deliveries of a consumer without gaps; a jump
 means one was sent but never received (a dropped connection), so the messages after it are
 handed back (a delayed nak) and the partition waits until the lost one is redelivered too; the
 next fetch brings them together and they are handled in stream order, instead of letting them
