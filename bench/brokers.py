@@ -24,10 +24,10 @@ Both use 8 partitions (per-stream order kept) and 64 streams. Throughput is even
 first commit (or publish) to the last handled event, over 20,000 events (1,000 with --quick).
 Every process of the run, this one (raw clients and floor included) and the process-per-stage
 run's relay and consumer, has its garbage collector tuned as ``tidings relay`` and ``tidings
-worker`` tune theirs (:func:`tidings.runtime.tune_collector`); ``--default-gc`` leaves CPython's
-defaults everywhere, to compare. Latency is measured at a steady 1,000
-events/s: from just before the commit (or ``publish()``) to the end of the consumer's commit,
-p50 and p99. Target: outbox->broker->consumer >= 60% of the raw ceiling.
+worker`` tune theirs (:func:`tidings.interpreter.tune_collector`); ``--default-gc`` leaves
+CPython's defaults everywhere, to compare. Latency is measured at a steady 1,000 events/s: from just
+before the commit (or ``publish()``) to the end of the consumer's commit, p50 and p99.
+Target: outbox->broker->consumer >= 60% of the raw ceiling.
 
     python bench/brokers.py [--quick] [--only rabbitmq nats redis] [--default-gc]
 """
@@ -61,9 +61,9 @@ from tidings.brokers.publisher import BlockingBusPublisher
 from tidings.core.codec import Codec
 from tidings.core.registry import EventRegistry
 from tidings.integration.translator import Translator, integration_event
+from tidings.interpreter import tune_collector
 from tidings.outbox import Relay, RelayConfig, create_tables
 from tidings.outbox import metadata as outbox_metadata
-from tidings.runtime import tune_collector
 from tidings.testing.broker_contract import probe
 from tidings.testing.services import NATS_URL, POSTGRES_URL, RABBITMQ_URL, REDIS_URL
 
@@ -742,7 +742,7 @@ def main() -> int:
         # as `tidings relay` and `tidings worker` run theirs.
         tune_collector()
     results = asyncio.run(main_async(args.only, count, seconds, tune))
-    collector = "tuned (tidings.runtime)" if tune else "CPython's defaults"
+    collector = "tuned (tidings.interpreter)" if tune else "CPython's defaults"
     print(
         f"\n{count} events per throughput run; latency at {RATE} events/s for {seconds:g} s;"
         f" garbage collector: {collector}"

@@ -88,7 +88,7 @@ def test_worker_runs_until_sigterm_and_stops_cleanly(flag: str) -> None:
     assert process.stdout is not None
     first_line = process.stdout.readline()
     assert "1 subscription(s)" in first_line
-    # Tuned once the application is loaded (tidings.runtime), unless asked not to.
+    # Tuned once the application is loaded (tidings.interpreter), unless asked not to.
     assert ("garbage collector tuned:" in first_line) is (flag == "--gc-tuning"), first_line
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)

@@ -26,12 +26,13 @@ Topology declared for a bus ``B`` with groups ``G``:
 The owner fetches whatever is available, up to ``prefetch`` (without waiting to fill a batch;
 pull requests of its own, :mod:`tidings.brokers.nats_pull`), gives it to a batch-capable handler
 (the inbox) at once and acknowledges it after the single commit (the batch's acks written as
-one block, ``Client.acknowledge``); otherwise, or if the batch fails, message by message. JetStream numbers the deliveries of a consumer without gaps; a jump
-means one was sent but never received (a dropped connection), so the messages after it are
-handed back (a delayed nak) and the partition waits until the lost one is redelivered too; the
-next fetch brings them together and they are handled in stream order, instead of letting them
-overtake it. A failed message is retried in place after a short pause (``in_progress`` keeps
-JetStream from redelivering it meanwhile), up to ``max_deliveries``, then dead-lettered.
+one block, ``Client.acknowledge``); otherwise, or if the batch fails, message by message.
+JetStream numbers the deliveries of a consumer without gaps; a jump means one was sent but never
+received (a dropped connection), so the messages after it are handed back (a delayed nak) and
+the partition waits until the lost one is redelivered too; the next fetch brings them together
+and they are handled in stream order, instead of letting them overtake it. A failed message is
+retried in place after a short pause (``in_progress`` keeps JetStream from redelivering it
+meanwhile), up to ``max_deliveries``, then dead-lettered.
 
 Publishing sends every message of a batch at once, each with its own reply subject, and waits
 until JetStream has acknowledged every one (:mod:`tidings.brokers.nats_confirms`); a refusal of

@@ -21,7 +21,7 @@ import click
 
 from tidings.cli.apps import resolve
 from tidings.cli.main import emit, gc_tuning_option
-from tidings.runtime import tune_collector
+from tidings.interpreter import tune_collector
 
 
 def load_app(spec: str) -> Any:

@@ -23,7 +23,7 @@ def emit(data: Any, as_json: bool, human: str) -> None:
         click.echo(human)
 
 
-#: For the long-running commands (``relay``, ``worker``): see :mod:`tidings.runtime`.
+#: For the long-running commands (``relay``, ``worker``): see :mod:`tidings.interpreter`.
 gc_tuning_option = click.option(
     "--gc-tuning/--no-gc-tuning",
     default=True,

@@ -24,6 +24,7 @@ from tidings.cli.apps import resolve
 from tidings.cli.main import emit, gc_tuning_option
 from tidings.core.dispatch import Handlers
 from tidings.errors import ConfigurationError, TidingsError
+from tidings.interpreter import tune_collector
 from tidings.outbox import (
     DeadLetterError,
     DeadLetters,
@@ -33,7 +34,6 @@ from tidings.outbox import (
 )
 from tidings.outbox.deadletters import describe_many
 from tidings.persistence.sqlite import sqlite_engine
-from tidings.runtime import tune_collector
 
 url_option = click.option(
     "--url",

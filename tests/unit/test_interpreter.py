@@ -1,4 +1,4 @@
-"""``tidings.runtime``: the garbage collector of a long-running process, tuned and restored."""
+"""``tidings.interpreter``: a long-running process's garbage collector, tuned and restored."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tidings.runtime import YOUNG_THRESHOLD, restore_collector, tune_collector
+from tidings.interpreter import YOUNG_THRESHOLD, restore_collector, tune_collector
 
 
 @pytest.fixture
