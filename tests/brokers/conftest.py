@@ -216,6 +216,20 @@ async def declared_nats(topology: Topology, **options: Any) -> AsyncIterator[Any
         await broker.close()
 
 
+@asynccontextmanager
+async def pulling(broker: Any, durable: str, batch: int = 8) -> AsyncIterator[Any]:
+    """A started puller (``batch`` per fetch) on ``durable`` of the NATS broker's bus, stopped
+    afterwards."""
+    from tidings.brokers.nats_pull import Puller
+
+    puller = Puller(broker.client, broker.topology.name, durable, batch=batch)
+    await puller.start()
+    try:
+        yield puller
+    finally:
+        await puller.stop()
+
+
 def make_broker(factory: BrokerFactory, topology: Topology) -> Any:
     """A new, not yet connected client of ``factory``'s server (for a BlockingBusPublisher)."""
     if factory.name == "rabbitmq":

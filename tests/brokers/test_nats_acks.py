@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from tidings.brokers.port import Topology
 from tidings.testing.broker_contract import probe
 
-from .conftest import declared_nats
+from .conftest import declared_nats, pulling
 
 
 @pytest.fixture
@@ -42,17 +42,12 @@ async def broker(run_id: str) -> AsyncIterator[Any]:
 async def fetched(broker: Any, count: int) -> AsyncIterator[list[Any]]:
     """``count`` published messages, fetched (not yet settled) from group g's consumer."""
     from tidings.brokers.nats import durable_name
-    from tidings.brokers.nats_pull import Puller
 
     await broker.publish([probe("s", n) for n in range(1, count + 1)])
-    puller = Puller(broker.client, broker.topology.name, durable_name("g", 0), batch=count)
-    await puller.start()
-    try:
+    async with pulling(broker, durable_name("g", 0), batch=count) as puller:
         messages = await puller.fetch(5.0)
         assert len(messages) == count
         yield messages
-    finally:
-        await puller.stop()
 
 
 async def pending(broker: Any) -> tuple[int, int]:

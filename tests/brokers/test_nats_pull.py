@@ -8,7 +8,6 @@ a consumer that does not answer; and nothing a server sends late is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import pytest
 from tidings.brokers.port import Topology
 from tidings.testing.broker_contract import probe
 
-from .conftest import declared_nats
+from .conftest import declared_nats, pulling
 
 
 @dataclass
@@ -92,19 +91,6 @@ async def broker(run_id: str) -> AsyncIterator[Any]:
     )
     async with declared_nats(topology) as broker:
         yield broker
-
-
-@contextlib.asynccontextmanager
-async def pulling(broker: Any, durable: str) -> AsyncIterator[Any]:
-    """A started puller on ``durable`` of the broker's bus, stopped afterwards."""
-    from tidings.brokers.nats_pull import Puller
-
-    puller = Puller(broker.client, broker.topology.name, durable, batch=8)
-    await puller.start()
-    try:
-        yield puller
-    finally:
-        await puller.stop()
 
 
 async def test_fetches_what_is_there_up_to_the_batch_without_waiting(

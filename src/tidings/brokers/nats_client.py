@@ -132,8 +132,7 @@ class Client(nats.aio.client.Client):
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += payload_size
         await self._send_command(hpub_cmd(subject, reply, headers.block, payload))
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+        await self._flush_soon()
 
     async def acknowledge(self, messages: Sequence[Msg]) -> None:
         """``await message.ack()`` for each of ``messages``, sent as one block of commands.
@@ -168,5 +167,10 @@ class Client(nats.aio.client.Client):
         await self._send_command(block)
         for message in messages:
             message._ackd = True
+        await self._flush_soon()
+
+    async def _flush_soon(self) -> None:
+        """What nats-py's publishing does once a command is queued: ask the flusher to write
+        the pending commands, unless it has been asked already."""
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()

@@ -20,8 +20,7 @@ from typing import Any
 import click
 
 from tidings.cli.apps import resolve
-from tidings.cli.main import emit, gc_tuning_option
-from tidings.interpreter import tune_collector
+from tidings.cli.main import apply_gc_tuning, emit, gc_tuning_option
 
 
 def load_app(spec: str) -> Any:
@@ -49,8 +48,7 @@ def worker(app_spec: str, gc_tuning: bool) -> None:
             param_hint="--app",
         )
     # Once the application is loaded (its modules, engines and handlers are the start-up heap).
-    tuned = f"; {tune_collector().describe()}" if gc_tuning else ""
-    asyncio.run(_run_worker(app, tuned))
+    asyncio.run(_run_worker(app, apply_gc_tuning(gc_tuning)))
 
 
 async def _run_worker(app: Any, tuned: str) -> None:

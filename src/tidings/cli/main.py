@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 import tidings
+from tidings.interpreter import tune_collector
 
 
 def emit(data: Any, as_json: bool, human: str) -> None:
@@ -30,6 +31,12 @@ gc_tuning_option = click.option(
     show_default=True,
     help="Once started, freeze the start-up heap and raise the young GC threshold.",
 )
+
+
+def apply_gc_tuning(gc_tuning: bool) -> str:
+    """Apply ``--gc-tuning`` (call it once the application is loaded); what to add to the
+    command's start-up line: ``"; garbage collector tuned: ..."``, or nothing."""
+    return f"; {tune_collector().describe()}" if gc_tuning else ""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,10 +21,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tidings.cli.apps import resolve
-from tidings.cli.main import emit, gc_tuning_option
+from tidings.cli.main import apply_gc_tuning, emit, gc_tuning_option
 from tidings.core.dispatch import Handlers
 from tidings.errors import ConfigurationError, TidingsError
-from tidings.interpreter import tune_collector
 from tidings.outbox import (
     DeadLetterError,
     DeadLetters,
@@ -174,7 +173,7 @@ def relay_command(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    tuned = f"; {tune_collector().describe()}" if gc_tuning else ""
+    tuned = apply_gc_tuning(gc_tuning)
     click.echo(f"relay {relay.node} following {config.log.name}{tuned}", err=True)
     relay.run()
 
