@@ -55,6 +55,10 @@ def test_metadata_headers_cannot_be_overridden_by_extra_headers() -> None:
         ({"tidings-stream-version": "9" * 20}, "at most 9223372036854775807"),
         ({"tidings-event-version": " 1"}, "must be an integer >= 1"),
         ({"tidings-causation-id": "not-a-uuid"}, "header tidings-causation-id is not a UUID"),
+        # uuid.UUID() would read both, as another id: 02345678-... and 01234567-...
+        ({"tidings-event-id": " 2345678-1234-5678-1234-567812345678"}, "is not a UUID"),
+        ({"tidings-event-id": "1234567_-1234-5678-1234-567812345678"}, "is not a UUID"),
+        ({"tidings-event-id": "urn:uuid:12345678-1234-5678-1234-567812345678"}, "is not a UUID"),
         ({"tidings-stream-id": "s" * 1025}, "header tidings-stream-id is 1025 characters long"),
     ],
 )

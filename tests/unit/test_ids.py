@@ -1,8 +1,10 @@
-"""The random bits behind UUIDv7 ids: from os.urandom, in blocks, never handed out twice."""
+"""Ids: the random bits behind UUIDv7 (from os.urandom, in blocks, never handed out twice), and
+the fast forms of the standard library's UUID construction, text and parsing."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import uuid
 
@@ -11,7 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.core import ids
-from tidings.core.ids import name_uuid, random_bytes, uuid7
+from tidings.core.ids import (
+    name_uuid,
+    parse_uuid,
+    random_bytes,
+    uuid7,
+    uuid_from_int,
+    uuid_text,
+)
 
 
 def test_random_bytes_gives_the_length_asked_for() -> None:
@@ -114,3 +123,54 @@ def test_name_uuid_is_the_standard_uuid5(namespace: uuid.UUID, name: str) -> Non
     # Derived integration event ids travel between services: the value must be uuid5's exactly.
     assert name_uuid(namespace, name) == uuid.uuid5(namespace, name)
     assert name_uuid(namespace, name).version == 5
+
+
+@given(value=st.integers(min_value=0, max_value=2**128 - 1))
+def test_uuid_from_int_is_the_standard_construction(value: int) -> None:
+    made, standard = uuid_from_int(value), uuid.UUID(int=value)
+    assert type(made) is uuid.UUID
+    assert made == standard and hash(made) == hash(standard)
+    assert (made.bytes, made.is_safe, repr(made)) == (
+        standard.bytes,
+        standard.is_safe,
+        repr(standard),
+    )
+    assert pickle.loads(pickle.dumps(made)) == standard
+    with pytest.raises(TypeError):
+        made.int = 0  # type: ignore[misc]  # as immutable as any UUID
+
+
+@given(value=st.uuids())
+def test_uuid_text_is_str(value: uuid.UUID) -> None:
+    assert uuid_text(value) == str(value)
+
+
+@given(value=st.uuids())
+def test_parse_uuid_reads_what_str_writes_and_32_hex_digits(value: uuid.UUID) -> None:
+    for text in (str(value), str(value).upper(), value.hex):
+        parsed = parse_uuid(text)
+        assert parsed == value and type(parsed) is uuid.UUID
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{12345678-1234-5678-1234-567812345678}",
+        "urn:uuid:12345678-1234-5678-1234-567812345678",
+        # uuid.UUID() reads these two as 02345678-... and 01234567-...: int() takes a leading
+        # space and an underscore between digits.
+        " 2345678-1234-5678-1234-567812345678",
+        "1234567_-1234-5678-1234-567812345678",
+        "12345678-1234-5678-1234-5678123456789",
+        "12345678-1234-5678-1234-56781234567g",
+        "",
+    ],
+)
+def test_parse_uuid_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="not a UUID"):
+        parse_uuid(text)
+
+
+def test_parse_uuid_takes_text_only() -> None:
+    with pytest.raises(ValueError, match="as text, not bytes"):
+        parse_uuid(b"12345678123456781234567812345678")  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ from tidings.brokers.port import Delivery
 from tidings.brokers.wire import decode_message
 from tidings.core.codec import Codec, default_codec
 from tidings.core.envelope import Envelope
+from tidings.core.ids import uuid_text
 from tidings.core.messages import StoredEvent, to_envelope
 from tidings.errors import CodecError, ConfigurationError, MessageRejected
 
@@ -196,7 +197,7 @@ class InboxConsumer:
         decoded = [self.read(delivery) for delivery in deliveries]
         new: list[Envelope[Any]] = []
         async with self.sessions() as session, session.begin():
-            ids = [str(stored.event_id) for stored, _ in decoded]
+            ids = [uuid_text(stored.event_id) for stored, _ in decoded]
             fresh = await self._record_many(session, ids, [stored for stored, _ in decoded])
             for message_id, (_, envelope) in zip(ids, decoded, strict=True):
                 if message_id in fresh:
@@ -254,7 +255,7 @@ class InboxConsumer:
         """Insert the inbox row; False if this consumer already handled the message."""
         row = {
             "consumer": self.name,
-            "message_id": str(stored.event_id),
+            "message_id": uuid_text(stored.event_id),
             "event_type": stored.event_type,
             "handled_at": datetime.now(UTC),
         }

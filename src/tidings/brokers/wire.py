@@ -8,7 +8,8 @@ travel beside them unchanged.
 
 Reading is strict: a header that is missing or malformed raises :class:`MessageRejected` naming
 the header and what was wrong, so the message is dead-lettered with that reason instead of
-reaching a handler.
+reaching a handler. Ids are 32 hexadecimal digits, hyphenated 8-4-4-4-12 as written here or not
+at all (:func:`~tidings.core.ids.parse_uuid`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from email.header import Header, decode_header
 from typing import Any
 from uuid import UUID
 
+from tidings.core.ids import parse_uuid, uuid_text
 from tidings.core.messages import METADATA_FIELDS, StoredEvent
 from tidings.errors import MessageRejected
 
@@ -82,7 +84,7 @@ def encode_headers(stored: StoredEvent) -> dict[str, str]:
         if stored.headers
         else {}
     )
-    headers[_EVENT_ID] = str(stored.event_id)
+    headers[_EVENT_ID] = uuid_text(stored.event_id)
     headers[_EVENT_TYPE] = stored.event_type
     headers[_EVENT_VERSION] = str(stored.event_version)
     if stored.stream_id is not None:
@@ -90,9 +92,9 @@ def encode_headers(stored: StoredEvent) -> dict[str, str]:
     if stored.stream_version is not None:
         headers[_STREAM_VERSION] = str(stored.stream_version)
     headers[_OCCURRED_AT] = stored.occurred_at.isoformat()
-    headers[_CORRELATION_ID] = str(stored.correlation_id)
+    headers[_CORRELATION_ID] = uuid_text(stored.correlation_id)
     if stored.causation_id is not None:
-        headers[_CAUSATION_ID] = str(stored.causation_id)
+        headers[_CAUSATION_ID] = uuid_text(stored.causation_id)
     if stored.producer is not None:
         headers[_PRODUCER] = stored.producer
     traceparent = headers.get(TRACEPARENT)
@@ -189,7 +191,7 @@ def _optional(value: str | None, name: str) -> str | None:
 def _uuid(value: str | None, name: str) -> UUID:
     text = _required(value, name)
     try:
-        return UUID(text)
+        return parse_uuid(text)
     except ValueError:
         raise MessageRejected(f"header {name} is not a UUID: {text[:80]!r}") from None
 

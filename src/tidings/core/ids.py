@@ -19,7 +19,10 @@ import hashlib
 import os
 import threading
 import time
-from uuid import UUID
+from collections.abc import Callable
+from uuid import UUID, SafeUUID
+
+import msgspec
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -82,7 +85,48 @@ def uuid7() -> UUID:
                 _counter = 0
         ms, counter = _last_ms, _counter
     value = (ms & ((1 << 48) - 1)) << 80 | _VERSION_7 | counter << 64 | _VARIANT_RFC | tail
-    return UUID(int=value)
+    return uuid_from_int(value)
+
+
+_new = object.__new__
+_set = object.__setattr__
+_UNKNOWN = SafeUUID.unknown
+
+
+def uuid_from_int(value: int) -> UUID:
+    """``UUID(int=value)`` for a ``value`` known to be a 128-bit unsigned integer.
+
+    The same object ``UUID.__init__`` makes (its two slots, ``is_safe`` unknown) without its
+    argument handling, which costs about 0.9 microseconds per call: a few such ids are made for
+    every event written or forwarded.
+    """
+    uuid = _new(UUID)
+    _set(uuid, "int", value)
+    _set(uuid, "is_safe", _UNKNOWN)
+    return uuid
+
+
+#: ``str(uuid)``'s text, written by msgspec in C: about 0.2 microseconds instead of 0.75-1.5
+#: for ``UUID.__str__`` in Python, which ran several times for every event a relay forwards and
+#: every message a consumer handles.
+uuid_text: Callable[[UUID], str] = msgspec.to_builtins
+
+
+def parse_uuid(text: str) -> UUID:
+    """The UUID written as ``text``: 32 hexadecimal digits, grouped 8-4-4-4-12 by hyphens or not.
+
+    Stricter than ``UUID(text)``, which also takes braces and a ``urn:uuid:`` prefix and, since
+    it hands the digits to ``int()``, reads a leading space or an underscore between digits as
+    part of a number (``UUID(" 2345678-...")`` is ``02345678-...``); and about three times as fast.
+    Raises ``ValueError`` for anything else.
+    """
+    if type(text) is not str:  # convert() would also take bytes and UUIDs
+        raise ValueError(f"a UUID must be given as text, not {type(text).__name__}")
+    try:
+        uuid: UUID = msgspec.convert(text, UUID)
+    except msgspec.ValidationError:
+        raise ValueError(f"not a UUID: {text[:80]!r}") from None
+    return uuid
 
 
 def uuid7_time_ms(value: UUID) -> int:
@@ -95,11 +139,20 @@ _NAME_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _NAME_SET = (0x5 << 76) | _VARIANT_RFC
 
 
+#: Namespaces' bytes by value (``UUID.bytes`` builds them anew at each call); a few at most.
+_namespace_bytes: dict[int, bytes] = {}
+
+
 def name_uuid(namespace: UUID, name: str) -> UUID:
-    """The same value as ``uuid.uuid5(namespace, name)``, in about half the time.
+    """The same value as ``uuid.uuid5(namespace, name)``, in about a third of the time.
 
     A relay derives one of these for every event it translates, and the standard library's
     version spends most of its time on argument handling rather than on the SHA-1.
     """
-    digest = hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()
-    return UUID(int=int.from_bytes(digest[:16], "big") & _NAME_CLEAR | _NAME_SET)
+    prefix = _namespace_bytes.get(namespace.int)
+    if prefix is None:
+        prefix = namespace.bytes
+        if len(_namespace_bytes) < 64:
+            _namespace_bytes[namespace.int] = prefix
+    digest = hashlib.sha1(prefix + name.encode("utf-8"), usedforsecurity=False).digest()
+    return uuid_from_int(int.from_bytes(digest[:16], "big") & _NAME_CLEAR | _NAME_SET)

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, dataclass_transform
 
 from tidings.core.codec import Codec, default_codec
 from tidings.core.envelope import Envelope
 from tidings.core.events import _META_ATTR, EventSpec, spec_of
-from tidings.core.ids import name_uuid
+from tidings.core.ids import name_uuid, uuid_text
 from tidings.core.messages import StoredEvent
 from tidings.errors import ConfigurationError
 from tidings.integration.protection import Protector
@@ -117,6 +117,11 @@ class Mapping:
     source: type
     target: type
     function: Callable[[Any], Any]
+    #: The target's spec, looked up once (the relay needs it for every event it translates).
+    spec: EventSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", spec_of(self.target))
 
 
 class Translator:
@@ -141,7 +146,7 @@ class Translator:
                 "separate integration event (its own name and version) and map to it"
             )
         for existing in self._mappings:
-            if existing.source is source and spec_of(existing.target) == target_spec:
+            if existing.source is source and existing.spec == target_spec:
                 raise ConfigurationError(
                     f"bus {self.bus!r}: {source.__qualname__} is already mapped to "
                     f"{target_spec.name} v{target_spec.version}"
@@ -239,9 +244,10 @@ class Translator:
                 )
             if self.protector is not None:
                 public = self.protector.protect(public)
-            spec = spec_of(mapping.target)
+            spec = mapping.spec
             # Derived from the domain event's id: a relay that translates the same event again
             # (after a crash) publishes the same id, which consumers deduplicate.
-            event_id = name_uuid(_ID_NAMESPACE, f"{envelope.event_id}:{spec.name}:{spec.version}")
+            name = f"{uuid_text(envelope.event_id)}:{spec.name}:{spec.version}"
+            event_id = name_uuid(_ID_NAMESPACE, name)
             results.append((public, spec, event_id))
         return results

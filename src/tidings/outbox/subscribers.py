@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tidings.core.dispatch import HandlerContext, Subscription
 from tidings.core.envelope import Envelope, caused_by, restore, system_clock
+from tidings.core.ids import uuid_text
 from tidings.core.messages import StoredEvent
 from tidings.errors import CodecError, ConfigurationError
 from tidings.outbox import tables
@@ -49,7 +50,7 @@ def _partition(stream_id: str | None, event_id: Any, partitions: int) -> int:
 
 def delivery_id(subscriber: str, stored: StoredEvent) -> str:
     """Stable across redeliveries and replays: an idempotency key for external systems."""
-    return f"{subscriber}:{stored.event_id}"
+    return f"{subscriber}:{uuid_text(stored.event_id)}"
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class Invoker:
                         context = HandlerContext(
                             envelope=envelope,
                             uow=uow,
-                            delivery_id=f"{subscriber.name}:{envelope.event_id}",
+                            delivery_id=f"{subscriber.name}:{uuid_text(envelope.event_id)}",
                             subscriber=subscriber.name,
                             attempt=attempt,
                         )
@@ -214,7 +215,7 @@ class Invoker:
                 HandlerContext(
                     envelope=envelope,
                     uow=uow,
-                    delivery_id=f"{name}:{envelope.event_id}",
+                    delivery_id=f"{name}:{uuid_text(envelope.event_id)}",
                     subscriber=name,
                     attempt=attempt,
                 )
