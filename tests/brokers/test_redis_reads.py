@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -127,6 +127,58 @@ async def test_the_script_reads_what_xreadgroup_reads(client: Any, stream_key: s
         assert trimmed == [(entry_id, None) for entry_id, _ in plain]
     finally:
         await client.delete(stream_key)
+
+
+async def test_the_script_acknowledges_the_entries_it_is_given_before_reading(
+    client: Any, stream_key: str
+) -> None:
+    try:
+        await client.xgroup_create(stream_key, "g", id="0", mkstream=True)
+        first = [await client.xadd(stream_key, {b"body": b"%d" % i}) for i in range(1500)]
+        read = _entries(await client.eval(_READ, 1, stream_key, "g", "c", 1500, ">"))
+        assert [entry_id for entry_id, _ in read] == first
+        later = await client.xadd(stream_key, {b"body": b"later"})
+        # More ids than one XACK of the script takes (1,000): every one is acknowledged.
+        again = _entries(await client.eval(_READ, 1, stream_key, "g", "c", 10, ">", *first))
+        assert [entry_id for entry_id, _ in again] == [later]
+        pending = await client.xpending(stream_key, "g")
+        assert pending["pending"] == 1  # only the entry just read
+        # Acknowledging again, or with nothing new to read, is harmless.
+        assert await client.eval(_READ, 1, stream_key, "g", "c", 10, ">", *first, later) == b""
+        assert (await client.xpending(stream_key, "g"))["pending"] == 0
+    finally:
+        await client.delete(stream_key)
+
+
+async def test_a_consumer_stopped_during_a_batch_acknowledges_it(client: Any) -> None:
+    topology = Topology(name=f"acks-{uuid.uuid4().hex[:8]}", groups=("g",), partitions=1)
+    broker = RedisBroker(REDIS_URL, topology)
+    await broker.connect()
+    stopping: list[asyncio.Task[None]] = []
+    try:
+        await broker.declare()
+        batches: list[int] = []
+
+        class StopsDuringTheBatch:
+            async def __call__(self, delivery: Delivery) -> None:
+                raise AssertionError("five messages published together come as a batch")
+
+            async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+                # Stopped while this batch is handled: no read follows it to carry its
+                # acknowledgement, so the consumer must send it before it lets go.
+                stopping.append(asyncio.create_task(consumer.stop()))
+                await asyncio.sleep(0.05)
+                batches.append(len(deliveries))
+
+        await broker.publish([probe("s", n) for n in range(1, 6)])
+        consumer = await broker.consume("g", StopsDuringTheBatch())
+        await eventually(lambda: bool(stopping) and stopping[0].done(), "the consumer stopped")
+        assert batches == [5]
+        pending = await client.xpending(broker.stream_key(0), "g")
+        assert pending["pending"] == 0
+    finally:
+        await broker.delete()
+        await broker.close()
 
 
 async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_on(

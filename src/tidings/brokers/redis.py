@@ -28,12 +28,15 @@ A partition's owner reads up to ``prefetch`` entries at a time with one scripted
 in Python: the nested reply cost about 20 microseconds per entry, the packed one a few); when
 there is nothing new it waits with a plain blocking ``XREADGROUP`` (a script cannot block).
 A message is ``XACK``-ed only after its handler returns (consecutive entries read together go to
-a batch-capable handler, the inbox, at once: one commit, one ``XACK``). If the handler fails,
+a batch-capable handler, the inbox, at once: one commit, then one ``XACK`` for them all, sent
+inside the partition's next read script, or on its own before a claim and when the partition
+stops or changes hands). If the handler fails,
 the entry stays pending and the owner reads its own pending entries again
 (``XREADGROUP ... 0``) before new ones, so the retry happens in order. Publishing appends a
 batch's messages with one scripted command per partition (``EVAL``: an ``XADD`` per message,
-in order, up to :data:`APPEND_CHUNK` per command), all sent in one round trip; the entry ids
-Redis returns are the confirmation (durability then depends on the server's AOF/RDB setup).
+in order, up to :data:`APPEND_CHUNK` per command), all sent in one round trip; the count of
+entries each script appended is the confirmation (durability then depends on the server's
+AOF/RDB setup).
 """
 
 from __future__ import annotations
@@ -100,41 +103,57 @@ def _fields(headers: Mapping[str, str], body: bytes) -> dict[Any, Any]:
 
 
 # Append several messages to one partition's stream in one command: ARGV holds body, headers,
-# body, headers, ... (the fields of _fields, in its order); returns the new entry ids in order.
-# One reply for the lot instead of one XADD reply per message: redis-py parses each reply in
-# Python, which cost publishing more than the messages themselves.
+# body, headers, ... (the fields of _fields, in its order); returns how many were appended.
+# One small reply for the lot instead of one XADD reply per message: redis-py parses each
+# element of a reply in Python, which cost publishing more than the messages themselves (a list
+# of the new entry ids, returned before, cost the relay about 4 microseconds per message). A
+# failing XADD raises, so the script returns only once every entry was appended, in order.
 _APPEND = f"""
-local ids = {{}}
+local appended = 0
 for i = 1, #ARGV, 2 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*',
-    '{_BODY.decode()}', ARGV[i], '{_HEADERS.decode()}', ARGV[i + 1])
+  redis.call('XADD', KEYS[1], '*', '{_BODY.decode()}', ARGV[i], '{_HEADERS.decode()}', ARGV[i + 1])
+  appended = appended + 1
 end
-return ids
+return appended
 """
 #: Messages per append command at most: a script holds the server while it runs.
 APPEND_CHUNK = 256
 
-# Read a partition's entries for a consumer (XREADGROUP without BLOCK: a script cannot wait)
-# and return them as one string, each entry as its id, the number of its field names and values
-# (-1 for an entry trimmed away while pending), then those names and values, every string
-# preceded by its length as 4 bytes, big-endian. redis-py parses each element of a reply in
-# Python, about 20 microseconds per entry of XREADGROUP's nested reply (see _entries).
+# Acknowledge the entries in ARGV[5], ARGV[6], ... (the batch its caller just committed: one
+# command fewer per batch, each costing redis-py about as much CPU as a few messages), then read
+# a partition's entries for a consumer (XREADGROUP without BLOCK: a script cannot wait) and
+# return them as one string, each entry as its id, the number of its field names and values (-1
+# for an entry trimmed away while pending), then those names and values, every string preceded
+# by its length as 4 bytes, big-endian. redis-py parses each element of a reply in Python, about
+# 20 microseconds per entry of XREADGROUP's nested reply (see _entries). The pieces go into one
+# table joined once: Lua interns every string it makes, so a concatenation per field cost the
+# server about a tenth more.
 _READ = """
+for i = 5, #ARGV, 1000 do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], ARGV[4])
 if not reply then
   return ''
 end
-local out = {}
+local pack, out, n = struct.pack, {}, 0
 for _, entry in ipairs(reply[1][2]) do
   local id, fields = entry[1], entry[2]
+  out[n + 1] = pack('>I4', #id)
+  out[n + 2] = id
   if fields then
-    out[#out + 1] = struct.pack('>I4', #id) .. id .. struct.pack('>i4', #fields)
-    for _, value in ipairs(fields) do
-      out[#out + 1] = struct.pack('>I4', #value) .. value
+    out[n + 3] = pack('>i4', #fields)
+    n = n + 3
+    for i = 1, #fields do
+      local value = fields[i]
+      out[n + 1] = pack('>I4', #value)
+      out[n + 2] = value
+      n = n + 2
     end
   else
-    out[#out + 1] = struct.pack('>I4', #id) .. id .. struct.pack('>i4', -1)
+    out[n + 3] = pack('>i4', -1)
+    n = n + 3
   end
 end
 return table.concat(out)
@@ -358,9 +377,9 @@ class RedisBroker:
         for result, count in zip(results, expected, strict=True):
             if isinstance(result, Exception):
                 raise _translate(result, f"publishing to {topology.name!r}") from result
-            if not isinstance(result, list) or len(result) != count or not all(result):
+            if result != count:
                 raise PublishNotConfirmed(
-                    f"Redis confirmed {len(result) if isinstance(result, list) else 0} of "
+                    f"Redis confirmed {result if isinstance(result, int) else 0} of "
                     f"{count} message(s) publishing to {topology.name!r}"
                 )
 
@@ -505,18 +524,24 @@ class _RedisConsumer:
         # Our own pending entries are read again (before new ones) only when something may be
         # left pending: at start, after a retry, after an error.
         check_pending = True
+        # The entries of the batch last committed: the next read acknowledges them (until a
+        # read has succeeded they stay here, and acknowledging twice is harmless).
+        acks: list[bytes] = []
         while not self._stopping and partition not in self._releasing:
             try:
                 if claim_from is not None:
+                    # A claim takes every pending entry, ours too: acknowledge ours first.
+                    await self._acknowledge(key, acks)
                     reply = await broker.client.xautoclaim(
                         key, self.group, self.name, min_idle_time=0, start_id=claim_from, count=500
                     )
                     claim_from = None if reply[0] in (b"0-0", "0-0") else reply[0]
-                entries = await self._read(key, "0") if check_pending else []
+                entries = await self._read(key, "0", acks) if check_pending else []
                 if not entries:
-                    entries = await self._read(key, ">", block=READ_BLOCK_MS)
+                    entries = await self._read(key, ">", acks, block=READ_BLOCK_MS)
                 check_pending = True
                 if await self._handle_batch(partition, key, entries):
+                    acks.extend(entry_id for entry_id, _ in entries)
                     check_pending = False
                     continue
                 for entry_id, fields in entries:
@@ -536,12 +561,29 @@ class _RedisConsumer:
                 log.warning("reading %s for group %s failed: %r", key, self.group, exc)
                 check_pending = True
                 await asyncio.sleep(0.2)
+        # Stopping, or giving the partition up: what was committed is acknowledged before the
+        # lease goes. (If this fails the entries stay pending, and whoever reads the partition
+        # next gets them again; the inbox knows them.)
+        try:
+            await self._acknowledge(key, acks)
+        except Exception as exc:
+            log.warning("acknowledging on %s for group %s failed: %r", key, self.group, exc)
 
-    async def _read(self, key: str, start: str, block: int | None = None) -> list[Entry]:
-        """Up to ``prefetch`` entries of ``key`` from ``start`` (``">"``: new ones, ``"0"``: our
-        pending ones); with ``block``, waits up to that many ms for new ones if there are none."""
+    async def _acknowledge(self, key: str, acks: list[bytes]) -> None:
+        """Acknowledge ``acks`` now (and empty the list) instead of with the next read."""
+        if acks:
+            await self.broker.client.xack(key, self.group, *acks)
+            acks.clear()
+
+    async def _read(
+        self, key: str, start: str, acks: list[bytes], block: int | None = None
+    ) -> list[Entry]:
+        """Acknowledge ``acks`` (emptying the list), then read up to ``prefetch`` entries of
+        ``key`` from ``start`` (``">"``: new ones, ``"0"``: our pending ones); with ``block``,
+        wait up to that many ms for new ones if there are none."""
         client, prefetch = self.broker.client, self.broker.topology.prefetch
-        packed = await client.eval(_READ, 1, key, self.group, self.name, prefetch, start)
+        packed = await client.eval(_READ, 1, key, self.group, self.name, prefetch, start, *acks)
+        acks.clear()
         if not isinstance(packed, bytes):
             raise BrokerError(f"unexpected reply to a stream read: {type(packed).__name__}")
         if packed or block is None:
@@ -564,7 +606,8 @@ class _RedisConsumer:
         return entries
 
     async def _handle_batch(self, partition: int, key: str, entries: list[Entry]) -> bool:
-        """Handle consecutive entries in one go (one commit, one XACK); False: one by one.
+        """Handle consecutive entries in one go (one commit); False: one by one. The caller
+        acknowledges them (with its next read) once this returns True.
 
         A single entry goes this way too: the group commit then lets what other partitions
         read meanwhile join the next commit, instead of a transaction per message."""
@@ -577,10 +620,7 @@ class _RedisConsumer:
             )
             for entry_id, fields in present
         ]
-        if not await self.batches.run(deliveries):
-            return False
-        await self.broker.client.xack(key, self.group, *(entry_id for entry_id, _ in entries))
-        return True
+        return await self.batches.run(deliveries)
 
     async def _handle(
         self, partition: int, key: str, entry_id: bytes, fields: dict[bytes, bytes] | None
