@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -47,3 +48,28 @@ def test_datetimes_come_back_in_utc_and_naive_ones_are_taken_as_utc() -> None:
 def test_anything_else_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="expected a datetime"):
         as_utc(20261124)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [ZoneInfo("Etc/UTC"), ZoneInfo("UTC"), ZoneInfo("GMT"), timezone(timedelta(0), "Z")],
+)
+def test_utc_under_another_name_is_taken_as_utc(zone: tzinfo) -> None:
+    # psycopg returns PostgreSQL's Etc/UTC session values with ZoneInfo("Etc/UTC").
+    moment = as_utc(datetime(2026, 11, 24, 1, 2, 3, 4, zone))
+    assert (moment, moment.tzinfo) == (datetime(2026, 11, 24, 1, 2, 3, 4, UTC), UTC)
+
+
+@pytest.mark.parametrize(
+    ("local", "expected"),
+    [
+        # London is at +00:00 in winter only: never taken for UTC by its name.
+        (datetime(2026, 1, 10, 12, tzinfo=ZoneInfo("Europe/London")), datetime(2026, 1, 10, 12)),
+        (datetime(2026, 7, 10, 12, tzinfo=ZoneInfo("Europe/London")), datetime(2026, 7, 10, 11)),
+        (datetime(2026, 7, 10, 12, tzinfo=ZoneInfo("Etc/GMT-2")), datetime(2026, 7, 10, 10)),
+    ],
+)
+def test_other_zones_are_converted(local: datetime, expected: datetime) -> None:
+    for _ in range(2):  # the second time, from what the first one noted about the zone
+        moment = as_utc(local)
+        assert (moment, moment.tzinfo) == (expected.replace(tzinfo=UTC), UTC)
