@@ -614,9 +614,14 @@ class _RedisConsumer:
         present = [(entry_id, fields) for entry_id, fields in entries if fields]
         if not entries or len(present) != len(entries):
             return False
+        failures = self._failures
         deliveries = [
             _delivery(
-                entry_id, fields, partition, self._failures.get(f"{key}/{entry_id.decode()}", 0) + 1
+                entry_id,
+                fields,
+                partition,
+                # Nothing failing (the usual case): no entry's key is formatted to look it up.
+                failures.get(f"{key}/{entry_id.decode()}", 0) + 1 if failures else 1,
             )
             for entry_id, fields in present
         ]
