@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import importlib
 import sys
+import uuid
 from dataclasses import replace
 from email.parser import BytesParser
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.brokers.port import Topology, partition_of
-from tidings.brokers.wire import HEADERS, decode_message, encode_headers, normalize_headers
+from tidings.brokers.wire import (
+    HEADERS,
+    _decode_checked,
+    decode_message,
+    encode_headers,
+    normalize_headers,
+)
 from tidings.errors import ConfigurationError, MessageRejected
 from tidings.testing.broker_contract import probe
 
@@ -119,6 +127,59 @@ def test_any_headers_give_a_message_or_a_rejection_naming_a_header(
     else:
         assert message.payload == body
         assert message.event_version >= 1
+
+
+def _outcome(decode: Any, headers: dict[str, Any], body: bytes) -> object:
+    try:
+        return decode(headers, body)
+    except Exception as exc:  # values that are not text (outside the contract) included
+        return type(exc), str(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from([*HEADERS.values(), "traceparent", "x-app"]),
+        st.one_of(
+            st.none(),
+            st.text(max_size=40),
+            st.text(alphabet="0123456789-:.+TZ", max_size=40),
+            st.uuids().map(str),
+            st.uuids().map(lambda u: u.hex.upper()),
+            st.uuids().map(lambda u: "{" + str(u) + "}"),
+            st.uuids().map(lambda u: u.bytes),  # not text: refused, though msgspec reads it
+            st.uuids(),
+            st.sampled_from(["", "0", "1", "\u00b2", "9" * 19, "é" * 1024, "é" * 1025]),
+        ),
+        max_size=4,
+    ),
+    causation=st.one_of(st.none(), st.uuids()),
+)
+def test_the_quick_reading_gives_what_the_checks_give(
+    changes: dict[str, Any], causation: uuid.UUID | None
+) -> None:
+    """decode_message reads well-formed headers in one msgspec call; whatever the headers, its
+    message or its rejection (and reason) is the one the header-by-header checks give."""
+    headers: dict[str, Any] = encode_headers(replace(probe("s", 1), causation_id=causation))
+    for name, value in changes.items():
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    assert _outcome(decode_message, headers, b"{}") == _outcome(_decode_checked, headers, b"{}")
+
+
+@pytest.mark.parametrize("name", [*HEADERS.values()])
+@pytest.mark.parametrize("value", ["", "é" * 1024, "é" * 1025, "x" * 1025, None])
+def test_the_quick_reading_gives_what_the_checks_give_at_the_limits(
+    name: str, value: str | None
+) -> None:
+    headers: dict[str, Any] = encode_headers(replace(probe("s", 1), causation_id=uuid.uuid4()))
+    if value is None:
+        headers.pop(name)
+    else:
+        headers[name] = value
+    assert _outcome(decode_message, headers, b"{}") == _outcome(_decode_checked, headers, b"{}")
 
 
 def test_header_objects_from_the_email_parser_keep_their_text() -> None:

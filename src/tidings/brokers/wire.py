@@ -18,8 +18,10 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from email.header import Header, decode_header
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
+
+import msgspec
 
 from tidings.core.ids import parse_uuid, uuid_text
 from tidings.core.messages import METADATA_FIELDS, StoredEvent
@@ -133,20 +135,71 @@ def _header_text(value: Header) -> str:
     return raw.decode("utf-8", "replace")
 
 
+class _Metadata(msgspec.Struct, rename=HEADERS):
+    """The metadata headers of a well-formed message, checked by msgspec in C (see
+    :func:`decode_message`): what a producer writes passes; anything else falls to the checks
+    that name what is wrong."""
+
+    event_id: UUID
+    event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HEADER_VALUE)]
+    event_version: str
+    occurred_at: str
+    correlation_id: UUID
+    stream_id: Annotated[str, msgspec.Meta(max_length=MAX_HEADER_VALUE)] = ""
+    stream_version: str = ""
+    # "" (no cause) fails here and is read by the checks as None.
+    causation_id: UUID | None = None
+    producer: Annotated[str, msgspec.Meta(max_length=MAX_HEADER_VALUE)] = ""
+
+
 def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
     """Rebuild the stored event from a message; :class:`MessageRejected` names what is wrong.
 
     Integers are ASCII digits within a signed 64-bit range; anything else is rejected here, so a
     hostile header is dead-lettered at once rather than failing later (and being retried).
+
+    This runs for every message consumed. The headers are first read in one ``msgspec.convert``
+    (ids parsed and lengths checked in C: about 1 microsecond where the checks one by one take
+    5); what it refuses goes through :func:`_decode_checked`, which refuses it too and says why.
+    The result is the same either way (a property test holds them to it).
     """
     get = headers.get
-    extra = {name: value for name, value in headers.items() if name not in _METADATA_HEADER_NAMES}
-    traceparent = extra.get(TRACEPARENT)
-    if traceparent is not None and not _TRACEPARENT_FORMAT.match(traceparent):
-        # W3C trace context says to ignore a malformed traceparent, not to reject the message.
-        del extra[TRACEPARENT]
-    # Each helper takes the header as found (None when absent) and makes every check of it:
-    # this runs for every message consumed, and the calls per field were most of its time.
+    causation_id = get(_CAUSATION_ID, "")
+    # msgspec would also read a UUID from 16 raw bytes or a UUID object: text only here.
+    if (
+        type(get(_EVENT_ID)) is str
+        and type(get(_CORRELATION_ID)) is str
+        and type(causation_id) is str
+    ):
+        try:
+            metadata = _to_metadata(headers, _Metadata)
+        except msgspec.ValidationError:
+            pass
+        else:
+            stream_version = metadata.stream_version
+            return StoredEvent(
+                metadata.event_id,
+                metadata.event_type,
+                _integer(metadata.event_version, _EVENT_VERSION, 1),
+                metadata.stream_id or None,
+                _integer(stream_version, _STREAM_VERSION, 0) if stream_version else None,
+                _timestamp(metadata.occurred_at, _OCCURRED_AT),
+                metadata.correlation_id,
+                metadata.causation_id,
+                metadata.producer or None,
+                bytes(body),
+                _extra(headers),
+            )
+    return _decode_checked(headers, body)
+
+
+_to_metadata = msgspec.convert
+
+
+def _decode_checked(headers: Mapping[str, str], body: bytes) -> StoredEvent:
+    """:func:`decode_message` one header at a time, each check naming its header."""
+    get = headers.get
+    # Each helper takes the header as found (None when absent) and makes every check of it.
     causation_id = get(_CAUSATION_ID)
     stream_version = get(_STREAM_VERSION)
     return StoredEvent(
@@ -160,8 +213,18 @@ def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
         causation_id=_uuid(causation_id, _CAUSATION_ID) if causation_id else None,
         producer=_optional(get(_PRODUCER), _PRODUCER),
         payload=bytes(body),
-        headers=extra,
+        headers=_extra(headers),
     )
+
+
+def _extra(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers that are not metadata, without a malformed ``traceparent``."""
+    extra = {name: value for name, value in headers.items() if name not in _METADATA_HEADER_NAMES}
+    traceparent = extra.get(TRACEPARENT)
+    if traceparent is not None and not _TRACEPARENT_FORMAT.match(traceparent):
+        # W3C trace context says to ignore a malformed traceparent, not to reject the message.
+        del extra[TRACEPARENT]
+    return extra
 
 
 def _too_long(value: str, name: str) -> MessageRejected:
