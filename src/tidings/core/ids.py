@@ -50,17 +50,22 @@ def random_bytes(count: int) -> bytes:
     Safe for nonces and unguessable ids (the bytes are ``os.urandom``'s, each handed out once),
     and cheaper than ``os.urandom`` per call when called once per event (see the module doc).
     """
-    global _random_block, _random_used
     if count < 0:
         raise ValueError(f"count must not be negative, got {count}")
     if count > _BLOCK // 8:
         return os.urandom(count)
     with _lock:
-        start = _random_used
-        if start + count > len(_random_block):
-            _random_block, start = os.urandom(_BLOCK), 0
-        _random_used = start + count
-        return _random_block[start : start + count]
+        return _take(count)
+
+
+def _take(count: int) -> bytes:
+    """The next ``count`` bytes of the block (a new block when it runs out); hold ``_lock``."""
+    global _random_block, _random_used
+    start = _random_used
+    if start + count > len(_random_block):
+        _random_block, start = os.urandom(_BLOCK), 0
+    _random_used = start + count
+    return _random_block[start : start + count]
 
 
 _VERSION_7 = 0x7 << 76
@@ -71,8 +76,8 @@ def uuid7() -> UUID:
     """Return a new UUIDv7, strictly greater than any earlier one from this process."""
     global _last_ms, _counter
     now_ms = time.time_ns() // 1_000_000
-    tail = int.from_bytes(random_bytes(8), "big") & ((1 << 62) - 1)
-    with _lock:
+    with _lock:  # once per id: the random bits and the counter under the same lock
+        tail = int.from_bytes(_take(8), "big") & ((1 << 62) - 1)
         if now_ms > _last_ms:
             _last_ms = now_ms
             # Start the counter at a random point in its lower half so ids stay hard to guess

@@ -211,19 +211,20 @@ class Translator:
         """
         headers = {**envelope.headers, BUS_HEADER: self.bus}
         encode = self.codec.encode_payload
+        # Positional, in StoredEvent's field order: keywords cost about 1.5 us more per event.
         return [
             StoredEvent(
-                event_id=event_id,
-                event_type=spec.name,
-                event_version=spec.version,
-                stream_id=envelope.stream_id,
-                stream_version=envelope.stream_version,
-                occurred_at=envelope.occurred_at,
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.event_id,
-                producer=envelope.producer,
-                payload=encode(public),
-                headers=dict(headers),
+                event_id,
+                spec.name,
+                spec.version,
+                envelope.stream_id,
+                envelope.stream_version,
+                envelope.occurred_at,
+                envelope.correlation_id,
+                envelope.event_id,  # causation_id: the domain event
+                envelope.producer,
+                encode(public),
+                dict(headers),
             )
             for public, spec, event_id in self._outputs(envelope)
         ]

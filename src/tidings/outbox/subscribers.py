@@ -210,15 +210,12 @@ class Invoker:
     ) -> None:
         """Hand ``envelopes`` to ``subscriber``'s batch handler in one call."""
         name = subscriber.name
+        # Positional, in HandlerContext's field order (envelope, uow, delivery_id, subscriber,
+        # attempt): one per event of the page, and keywords cost about a microsecond more.
+        context, text = HandlerContext, uuid_text
         handler.handle_batch(
             [
-                HandlerContext(
-                    envelope=envelope,
-                    uow=uow,
-                    delivery_id=f"{name}:{uuid_text(envelope.event_id)}",
-                    subscriber=name,
-                    attempt=attempt,
-                )
+                context(envelope, uow, f"{name}:{text(envelope.event_id)}", name, attempt)
                 for envelope in envelopes
             ]
         )
