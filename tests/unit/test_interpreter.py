@@ -29,7 +29,9 @@ def test_freezes_the_start_up_heap_and_raises_the_young_threshold(
     before = gc.get_threshold()
     tuning = tune_collector()
     assert tuning.frozen > 1000  # the interpreter's and the test run's modules, at least
-    assert gc.get_freeze_count() == tuning.frozen
+    # At most what was frozen: a frozen object is still freed when the last reference to it
+    # goes, and in a full test run threads left by earlier tests may drop some meanwhile.
+    assert tuning.frozen * 0.99 <= gc.get_freeze_count() <= tuning.frozen
     assert tuning.previous_thresholds == before
     assert gc.get_threshold() == tuning.thresholds == (YOUNG_THRESHOLD, before[1], before[2])
     assert f"{tuning.frozen:,} start-up objects frozen" in tuning.describe()
@@ -70,7 +72,8 @@ def test_a_second_call_freezes_only_what_came_since(untouched_collector: None) -
     first = tune_collector(young_threshold=5000)
     later = [[n] for n in range(100)]
     second = tune_collector(young_threshold=5000)
-    assert gc.get_freeze_count() == first.frozen + second.frozen
+    total = first.frozen + second.frozen  # at most (see the first test), not always exactly
+    assert total * 0.99 <= gc.get_freeze_count() <= total
     assert 100 <= second.frozen < first.frozen
     assert second.previous_thresholds[0] == 5000
     assert later

@@ -30,13 +30,12 @@ there is nothing new it waits with a plain blocking ``XREADGROUP`` (a script can
 A message is ``XACK``-ed only after its handler returns (consecutive entries read together go to
 a batch-capable handler, the inbox, at once: one commit, then one ``XACK`` for them all, sent
 inside the partition's next read script, or on its own before a claim and when the partition
-stops or changes hands). If the handler fails,
-the entry stays pending and the owner reads its own pending entries again
-(``XREADGROUP ... 0``) before new ones, so the retry happens in order. Publishing appends a
-batch's messages with one scripted command per partition (``EVAL``: an ``XADD`` per message,
-in order, up to :data:`APPEND_CHUNK` per command), all sent in one round trip; the count of
-entries each script appended is the confirmation (durability then depends on the server's
-AOF/RDB setup).
+stops or changes hands). If the handler fails, the entry stays pending and the owner reads its
+own pending entries again (``XREADGROUP ... 0``) before new ones, so the retry happens in order.
+Publishing appends a batch's messages with one scripted command per partition (``EVAL``: an
+``XADD`` per message, in order, up to :data:`APPEND_CHUNK` per command), all sent in one round
+trip; the count of entries each script appended is the confirmation (durability then depends
+on the server's AOF/RDB setup).
 """
 
 from __future__ import annotations

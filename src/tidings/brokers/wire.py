@@ -172,7 +172,7 @@ def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
         and type(causation_id) is str
     ):
         try:
-            metadata = _to_metadata(headers, _Metadata)
+            metadata = msgspec.convert(headers, _Metadata)
         except msgspec.ValidationError:
             pass
         else:
@@ -191,9 +191,6 @@ def decode_message(headers: Mapping[str, str], body: bytes) -> StoredEvent:
                 _extra(headers),
             )
     return _decode_checked(headers, body)
-
-
-_to_metadata = msgspec.convert
 
 
 def _decode_checked(headers: Mapping[str, str], body: bytes) -> StoredEvent:
