@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,10 +18,7 @@ from tidings import (
     recording_context,
     uuid7,
 )
-from tidings.core.dispatch import HandlerContext
-from tidings.core.envelope import Envelope
 from tidings.core.ids import uuid7_time_ms
-from tidings.core.messages import StoredEvent
 
 
 @event(name="aggregates-test.Opened")
@@ -268,42 +264,3 @@ def test_subclass_apply_method_overrides_the_parent_one() -> None:
     doubling = Doubling("D", "bob")
     doubling.deposit(5)
     assert doubling.balance == 10
-
-
-def test_records_built_positionally_keep_their_field_order() -> None:
-    # Aggregate.record, decode_envelope, Translator.to_stored and the relay's batch invoker build
-    # these positionally (a keyword per field costs microseconds per event): a new or moved
-    # field must be added there too.
-    assert [f.name for f in fields(HandlerContext)] == [
-        "envelope",
-        "uow",
-        "delivery_id",
-        "subscriber",
-        "attempt",
-    ]
-    assert [f.name for f in fields(Envelope)] == [
-        "event",
-        "event_id",
-        "event_type",
-        "event_version",
-        "occurred_at",
-        "stream_id",
-        "stream_version",
-        "correlation_id",
-        "causation_id",
-        "producer",
-        "headers",
-    ]
-    assert [f.name for f in fields(StoredEvent)] == [
-        "event_id",
-        "event_type",
-        "event_version",
-        "stream_id",
-        "stream_version",
-        "occurred_at",
-        "correlation_id",
-        "causation_id",
-        "producer",
-        "payload",
-        "headers",
-    ]

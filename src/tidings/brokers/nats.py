@@ -673,10 +673,12 @@ def _delivery(message: Any, partition: int) -> Delivery:
         # Not read by the adapter's client (nats-py's own reading, with fast_mail_parser
         # installed, say): made str -> str here. TextHeaders are that already.
         headers = normalize_headers(headers)
+    metadata = message.metadata
+    # Positional (body, headers, partition, attempt, broker_id): one per message consumed.
     return Delivery(
-        body=message.data or b"",
-        headers=headers,
-        partition=partition,
-        attempt=message.metadata.num_delivered,
-        broker_id=str(message.metadata.sequence.stream),
+        message.data or b"",
+        headers,
+        partition,
+        metadata.num_delivered,
+        str(metadata.sequence.stream),
     )

@@ -702,12 +702,13 @@ class _RabbitConsumer:
 
     def delivery_of(self, message: DeliveredMessage, partition: int) -> Delivery:
         key = _key(message)
+        # Positional (body, headers, partition, attempt, broker_id): one per message consumed.
         return Delivery(
-            body=message.body,
-            headers=normalize_headers(message.header.properties.headers),
-            partition=partition,
-            attempt=self.failures.get(key, 0) + 1,
-            broker_id=str(message.delivery_tag),
+            message.body,
+            normalize_headers(message.header.properties.headers),
+            partition,
+            self.failures.get(key, 0) + 1,
+            str(message.delivery_tag),
         )
 
     async def handle(self, message: DeliveredMessage, partition: int) -> Settlement:

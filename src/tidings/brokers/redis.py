@@ -427,13 +427,8 @@ def _delivery(
                 if name.startswith(_HEADER)
             }
         )
-    return Delivery(
-        body=fields.get(_BODY, b""),
-        headers=headers,
-        partition=partition,
-        attempt=attempt,
-        broker_id=entry_id.decode(),
-    )
+    # Positional (body, headers, partition, attempt, broker_id): one per message consumed.
+    return Delivery(fields.get(_BODY, b""), headers, partition, attempt, entry_id.decode())
 
 
 class _RedisConsumer:

@@ -209,8 +209,7 @@ class Translator:
         The same rows as ``to_stored(e)`` for each envelope ``e`` of :meth:`translate`, built
         without the intermediate envelopes (the relay calls this for every event it forwards).
         """
-        headers = {**envelope.headers, BUS_HEADER: self.bus}
-        encode = self.codec.encode_payload
+        encode, bus = self.codec.encode_payload, self.bus
         # Positional, in StoredEvent's field order: keywords cost about 1.5 us more per event.
         return [
             StoredEvent(
@@ -223,8 +222,8 @@ class Translator:
                 envelope.correlation_id,
                 envelope.event_id,  # causation_id: the domain event
                 envelope.producer,
-                encode(public),
-                dict(headers),
+                encode(public, spec),
+                {**envelope.headers, BUS_HEADER: bus},
             )
             for public, spec, event_id in self._outputs(envelope)
         ]
