@@ -212,10 +212,11 @@ class Invoker:
         name = subscriber.name
         # Positional, in HandlerContext's field order (envelope, uow, delivery_id, subscriber,
         # attempt): one per event of the page, and keywords cost about a microsecond more.
-        context, text = HandlerContext, uuid_text
         handler.handle_batch(
             [
-                context(envelope, uow, f"{name}:{text(envelope.event_id)}", name, attempt)
+                HandlerContext(
+                    envelope, uow, f"{name}:{uuid_text(envelope.event_id)}", name, attempt
+                )
                 for envelope in envelopes
             ]
         )
