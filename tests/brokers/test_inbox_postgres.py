@@ -124,3 +124,25 @@ async def test_a_batch_records_any_event_type_exactly(engine: AsyncEngine) -> No
             ).all()
         )
     assert stored == dict(zip(ids, names, strict=True))
+
+
+async def test_a_batch_tells_new_messages_from_those_already_recorded(
+    engine: AsyncEngine,
+) -> None:
+    """The statement reports the ids that were already there; the rest are new, each once,
+    even when a batch holds the same message twice or only messages seen before."""
+    seen = [probe("seen", n) for n in range(3)]
+    new = [probe("new", n) for n in range(4)]
+    runner = InboxConsumer("mixed", engine, record)
+
+    def ids(messages: list[Any]) -> list[str]:
+        return [str(message.event_id) for message in messages]
+
+    async with runner.sessions() as session, session.begin():
+        assert await runner._record_many(session, ids(seen), seen) == set(ids(seen))
+    batch = [new[0], seen[1], new[1], new[0], seen[0], new[2], new[3], new[3]]
+    async with runner.sessions() as session, session.begin():
+        assert await runner._record_many(session, ids(batch), batch) == set(ids(new))
+    async with runner.sessions() as session, session.begin():
+        assert await runner._record_many(session, ids(batch), batch) == set()
+    assert await count(engine, inbox_table) == len(seen) + len(new)
