@@ -431,6 +431,11 @@ def _delivery(
     return Delivery(fields.get(_BODY, b""), headers, partition, attempt, entry_id.decode())
 
 
+def _failure_key(key: str, entry_id: bytes) -> str:
+    """An entry's key in ``_RedisConsumer._failures``: entry ids repeat across partition streams."""
+    return f"{key}/{entry_id.decode()}"
+
+
 class _RedisConsumer:
     def __init__(self, broker: RedisBroker, group: str, handler: Handler) -> None:
         self.broker = broker
@@ -544,7 +549,7 @@ class _RedisConsumer:
                     if not await self._handle(partition, key, entry_id, fields):
                         # A retry: after a short pause, read the pending entries again, so the
                         # failed one comes back first and the stream's order holds.
-                        failures = self._failures.get(f"{key}/{entry_id.decode()}", 1)
+                        failures = self._failures.get(_failure_key(key, entry_id), 1)
                         await asyncio.sleep(retry_pause(failures))
                         break
                 else:
@@ -615,7 +620,7 @@ class _RedisConsumer:
                 fields,
                 partition,
                 # Nothing failing (the usual case): no entry's key is formatted to look it up.
-                failures.get(f"{key}/{entry_id.decode()}", 0) + 1 if failures else 1,
+                failures.get(_failure_key(key, entry_id), 0) + 1 if failures else 1,
             )
             for entry_id, fields in present
         ]
@@ -630,7 +635,7 @@ class _RedisConsumer:
             # The entry was trimmed away while pending: nothing left to deliver.
             await broker.client.xack(key, self.group, entry_id)
             return True
-        entry = f"{key}/{entry_id.decode()}"
+        entry = _failure_key(key, entry_id)
         delivery = _delivery(entry_id, fields, partition, self._failures.get(entry, 0) + 1)
         settlement = await run_handler(self.handler, delivery, broker.topology, self.group)
         if settlement.outcome is Outcome.RETRY:

@@ -48,8 +48,10 @@ def _partition(stream_id: str | None, event_id: Any, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def delivery_id(subscriber: str, stored: StoredEvent) -> str:
-    """Stable across redeliveries and replays: an idempotency key for external systems."""
+def delivery_id(subscriber: str, stored: StoredEvent | Envelope[Any]) -> str:
+    """Stable across redeliveries and replays: an idempotency key for external systems.
+
+    The same for an event stored or decoded (only its id counts): handler contexts use it too."""
     return f"{subscriber}:{uuid_text(stored.event_id)}"
 
 
@@ -186,7 +188,7 @@ class Invoker:
                         context = HandlerContext(
                             envelope=envelope,
                             uow=uow,
-                            delivery_id=f"{subscriber.name}:{uuid_text(envelope.event_id)}",
+                            delivery_id=delivery_id(subscriber.name, envelope),
                             subscriber=subscriber.name,
                             attempt=attempt,
                         )
@@ -214,9 +216,7 @@ class Invoker:
         # attempt): one per event of the page, and keywords cost about a microsecond more.
         handler.handle_batch(
             [
-                HandlerContext(
-                    envelope, uow, f"{name}:{uuid_text(envelope.event_id)}", name, attempt
-                )
+                HandlerContext(envelope, uow, delivery_id(name, envelope), name, attempt)
                 for envelope in envelopes
             ]
         )
