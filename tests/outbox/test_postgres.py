@@ -8,13 +8,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import MetaData, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
 from tidings import CommitBatch, HandlerContext, Handlers, TidingsError, Timing, uuid7
 from tidings.core.envelope import system_clock
+from tidings.eventsourcing import EventStoreSchema
+from tidings.eventsourcing.plans import log_page_statement
 from tidings.outbox import Relay, RelayConfig, outbox_table, status
+from tidings.outbox.delivery import Follower
 from tidings.outbox.participant import PostCommitNotifier
 from tidings.persistence.sql import Params
 from tidings.testing.services import POSTGRES_URL
@@ -242,3 +245,91 @@ def test_post_commit_notifier_announces_every_channel_asked_for(pg_store: Store)
                 heard.add(note.channel)
     finally:
         listener.close()
+
+
+def _fill(
+    engine: Any, table: str, transactions: int, rows: int, outbox: bool = False
+) -> tuple[int, int]:
+    """``transactions`` transactions of ``rows`` rows each appended to a log table (``outbox``:
+    with the outbox's own columns too); returns the (tx, position) of the last row of the first
+    two thirds."""
+    columns = (
+        "event_id, event_type, event_version, stream_id, stream_version, occurred_at,"
+        " correlation_id, payload"
+    )
+    values = ""
+    if outbox:
+        columns += ", headers, recorded_at"
+        values = ", '{}', now()"
+    for t in range(transactions):
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    f"INSERT INTO {table} ({columns}) SELECT gen_random_uuid(), 'ledger.Deposited',"
+                    f" 1, 's{t}-' || g, 1, now(), gen_random_uuid(), '\\x7b7d'::bytea{values}"
+                    f" FROM generate_series(1, {rows}) AS g"
+                )
+            )
+    with engine.connect() as connection:
+        last = connection.execute(
+            text(f"SELECT tx, position FROM {table} ORDER BY tx, position OFFSET :n LIMIT 1"),
+            {"n": transactions * rows * 2 // 3 - 1},
+        ).one()
+    return int(last.tx), int(last.position)
+
+
+def _index_scan(engine: Any, statement: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The one index scan of ``statement``'s plan, as run (EXPLAIN ANALYZE) with ``params``."""
+    compiled = statement.compile(engine)
+    with engine.connect() as connection:
+        # Only an index can serve the read: the question is where its scan starts.
+        connection.execute(text("SET LOCAL enable_seqscan = off"))
+        connection.execute(text("SET LOCAL enable_bitmapscan = off"))
+        cursor = connection.connection.driver_connection.cursor()
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", {**compiled.params, **params})
+        nodes = [cursor.fetchone()[0][0]["Plan"]]
+    scans = []
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if node["Node Type"] == "Index Scan":
+            scans.append(node)
+    assert len(scans) == 1, scans
+    return scans[0]
+
+
+def test_a_page_read_starts_at_the_checkpoint_however_many_rows_were_delivered(
+    pg_store: Store,
+) -> None:
+    # Delivered rows stay in the outbox until retention purges them. The read must seek to the
+    # checkpoint in the (tx, position) index, not scan from the first row and filter: that cost
+    # grew with every row delivered (a catch-up over n rows cost n squared).
+    engine = pg_store.engine
+    tx, position = _fill(engine, "tidings_outbox", transactions=30, rows=100, outbox=True)
+    config = RelayConfig(engine, ledger_handlers("ledger"))
+    statement = Follower(config, clock=time.monotonic)._read_statement
+    scan = _index_scan(engine, statement, {"after_tx": tx, "after_position": position})
+    assert scan["Actual Rows"] == config.batch_size
+    # At most the checkpoint's own transaction (100 rows) is read and dropped, not the 2,000
+    # rows before it.
+    assert scan.get("Rows Removed by Filter", 0) <= 100, scan
+
+
+def test_the_event_stores_log_is_read_from_the_checkpoint_too(pg_store: Store) -> None:
+    # The same for the event store's events table: read by projections, by subscribers and by
+    # a relay that follows the store. Without an index on (tx, position) every page was a scan
+    # and a sort of the whole table.
+    engine = pg_store.engine
+    schema = EventStoreSchema(MetaData(), prefix="plans_")
+    schema.create_all(engine)
+    tx, position = _fill(engine, schema.events.name, transactions=30, rows=100)
+    checkpoint = {"after_tx": tx, "after_position": position}
+    page = log_page_statement(schema, "postgresql")
+    assert page is not None
+    scan = _index_scan(engine, page, {**checkpoint, "page_limit": 500})
+    assert scan["Index Name"] == "plans_events_tx_position"
+    assert scan["Actual Rows"] == 500
+    assert scan.get("Rows Removed by Filter", 0) <= 100, scan
+    followed = RelayConfig(engine, ledger_handlers("ledger"), log=schema.events)
+    scan = _index_scan(engine, Follower(followed, clock=time.monotonic)._read_statement, checkpoint)
+    assert scan.get("Rows Removed by Filter", 0) <= 100, scan
