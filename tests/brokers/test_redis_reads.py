@@ -1,4 +1,5 @@
-"""Redis consumer reads: the scripted XREADGROUP and the packed reply it returns.
+"""Redis consumer reads: the scripted XREADGROUP and the packed reply it returns (a list of
+strings, :data:`READ_PIECE` entries each, joined by the consumer).
 
 The decoding is checked without I/O against a packer written here from the script's stated
 layout; the script itself runs on the real server, compared with what plain XREADGROUP returns
@@ -24,7 +25,7 @@ from tidings.testing.services import REDIS_URL, require
 redis_module = pytest.importorskip("redis")
 
 from tidings.brokers.port import Delivery, Topology  # noqa: E402
-from tidings.brokers.redis import _READ, RedisBroker, _entries  # noqa: E402
+from tidings.brokers.redis import _READ, READ_PIECE, RedisBroker, _entries, _joined  # noqa: E402
 
 from .conftest import RedisFactory  # noqa: E402
 
@@ -59,6 +60,13 @@ def test_packed_entries_decode_to_what_was_packed(
 
 def test_an_empty_reply_is_no_entries() -> None:
     assert _entries(b"") == []
+    assert _joined([]) == b""
+
+
+@pytest.mark.parametrize("reply", [b"packed", None, 3, ["piece", b"piece"], [b"piece", None]])
+def test_a_reply_that_is_not_a_list_of_strings_is_a_clear_error(reply: object) -> None:
+    with pytest.raises(BrokerError, match="unexpected reply to a stream read"):
+        _joined(reply)
 
 
 @given(st.lists(entry_strategy, min_size=1, max_size=4), st.data())
@@ -96,15 +104,28 @@ def stream_key(client: Any) -> str:
     return f"tidings-test-reads-{uuid.uuid4().hex[:10]}"
 
 
+async def read(
+    client: Any, stream_key: str, group: str, count: int, start: str, *acks: bytes
+) -> Any:
+    """The script's reply, joined and decoded."""
+    return _entries(
+        _joined(await client.eval(_READ, 1, stream_key, group, "c", count, start, *acks))
+    )
+
+
 async def test_the_script_reads_what_xreadgroup_reads(client: Any, stream_key: str) -> None:
     try:
         await client.xgroup_create(stream_key, "scripted", id="0", mkstream=True)
         await client.xgroup_create(stream_key, "plain", id="0")
-        bodies = [bytes(range(256)), b"", b"\xff\x00" * 5000, "é".encode()]
+        # More entries than one string of the reply holds, with one piece left part full.
+        bodies = [bytes(range(256)), b"", b"\xff\x00" * 5000, "é".encode()] * READ_PIECE
+        bodies += [b"last"]
         for body in bodies:
             await client.xadd(stream_key, {b"body": body, b"headers": b"{}", b"": b"x"})
-        scripted = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, ">"))
-        reply = await client.xreadgroup("plain", "c", {stream_key: ">"}, count=10)
+        pieces = await client.eval(_READ, 1, stream_key, "scripted", "c", 100, ">")
+        assert len(pieces) == -(-len(bodies) // READ_PIECE)
+        scripted = _entries(_joined(pieces))
+        reply = await client.xreadgroup("plain", "c", {stream_key: ">"}, count=100)
         streams = reply.items() if isinstance(reply, dict) else reply
         plain = [
             (entry_id, fields)
@@ -117,13 +138,13 @@ async def test_the_script_reads_what_xreadgroup_reads(client: Any, stream_key: s
         ]
         assert scripted == plain
         assert [fields[b"body"] for _, fields in scripted if fields] == bodies
-        # Nothing new: an empty string, and our pending entries are still there to read.
-        assert await client.eval(_READ, 1, stream_key, "scripted", "c", 10, ">") == b""
-        pending = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, "0"))
+        # Nothing new: no strings, and our pending entries are still there to read.
+        assert await client.eval(_READ, 1, stream_key, "scripted", "c", 100, ">") == []
+        pending = await read(client, stream_key, "scripted", 100, "0")
         assert [entry_id for entry_id, _ in pending] == [entry_id for entry_id, _ in plain]
         # Trimmed away while pending: the id comes back without fields.
         await client.xtrim(stream_key, maxlen=0)
-        trimmed = _entries(await client.eval(_READ, 1, stream_key, "scripted", "c", 10, "0"))
+        trimmed = await read(client, stream_key, "scripted", 100, "0")
         assert trimmed == [(entry_id, None) for entry_id, _ in plain]
     finally:
         await client.delete(stream_key)
@@ -135,16 +156,16 @@ async def test_the_script_acknowledges_the_entries_it_is_given_before_reading(
     try:
         await client.xgroup_create(stream_key, "g", id="0", mkstream=True)
         first = [await client.xadd(stream_key, {b"body": b"%d" % i}) for i in range(1500)]
-        read = _entries(await client.eval(_READ, 1, stream_key, "g", "c", 1500, ">"))
-        assert [entry_id for entry_id, _ in read] == first
+        entries = await read(client, stream_key, "g", 1500, ">")
+        assert [entry_id for entry_id, _ in entries] == first
         later = await client.xadd(stream_key, {b"body": b"later"})
         # More ids than one XACK of the script takes (1,000): every one is acknowledged.
-        again = _entries(await client.eval(_READ, 1, stream_key, "g", "c", 10, ">", *first))
+        again = await read(client, stream_key, "g", 10, ">", *first)
         assert [entry_id for entry_id, _ in again] == [later]
         pending = await client.xpending(stream_key, "g")
         assert pending["pending"] == 1  # only the entry just read
         # Acknowledging again, or with nothing new to read, is harmless.
-        assert await client.eval(_READ, 1, stream_key, "g", "c", 10, ">", *first, later) == b""
+        assert await client.eval(_READ, 1, stream_key, "g", "c", 10, ">", *first, later) == []
         assert (await client.xpending(stream_key, "g"))["pending"] == 0
     finally:
         await client.delete(stream_key)
