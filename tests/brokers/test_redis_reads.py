@@ -25,7 +25,7 @@ from tidings.testing.services import REDIS_URL, require
 redis_module = pytest.importorskip("redis")
 
 from tidings.brokers.port import Delivery, Topology  # noqa: E402
-from tidings.brokers.redis import _READ, READ_PIECE, RedisBroker, _entries, _joined  # noqa: E402
+from tidings.brokers.redis import _READ, READ_PIECE, Entry, RedisBroker, _entries, _joined  # noqa: E402
 
 from .conftest import RedisFactory  # noqa: E402
 
@@ -106,7 +106,7 @@ def stream_key(client: Any) -> str:
 
 async def read(
     client: Any, stream_key: str, group: str, count: int, start: str, *acks: bytes
-) -> Any:
+) -> list[Entry]:
     """The script's reply, joined and decoded."""
     return _entries(
         _joined(await client.eval(_READ, 1, stream_key, group, "c", count, start, *acks))
