@@ -9,7 +9,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from tidings import HandlerContext, Handlers, Timing, default_registry, uuid7
 from tidings.core.envelope import system_clock
@@ -772,3 +772,37 @@ def test_follows_any_log_table_with_the_shared_columns(store: Store) -> None:
     assert status(store.engine, events)["backlog"] == 0
     assert status(store.engine)["subscribers"] == []  # the outbox's own positions: untouched
     assert purge_delivered(store.engine, events, timedelta(0)) == 0  # logs are kept
+
+
+def test_rows_written_after_retention_purged_everything_are_delivered(store: Store) -> None:
+    # Retention purging every delivered row (a quiet spell longer than the period) must not let
+    # the next row take a position the checkpoints are already past: on SQLite a new row gets
+    # the table's highest rowid plus one, 1 in an empty table, and was never delivered.
+    config = config_for(store, partitions=1)
+    for seq in range(3):
+        deposit(config, "acc-1", 1, seq)
+    relay = Relay(config)
+    relay._next_retention = float("inf")
+    relay.run_until_idle()
+    purged = purge_delivered(store.engine, outbox_table, timedelta(0))
+    deposit(config, "acc-1", 1, seq=3)
+    relay.run_until_idle()
+    assert len(effects(store.engine, "ledger")) == 4
+    assert purged == 2  # the newest row stays, so positions keep growing
+    assert [r.stream_version for r in outbox_rows(store)] == [3, 4]
+
+
+def test_rows_written_after_the_outbox_was_emptied_by_hand_are_delivered(store: Store) -> None:
+    # The same after a manual DELETE of every row: the outbox table never reuses a position
+    # (AUTOINCREMENT on SQLite, a sequence on PostgreSQL).
+    config = config_for(store, partitions=1)
+    for seq in range(3):
+        deposit(config, "acc-1", 1, seq)
+    relay = Relay(config)
+    relay._next_retention = float("inf")
+    relay.run_until_idle()
+    with store.engine.begin() as conn:
+        conn.execute(delete(outbox_table))
+    deposit(config, "acc-1", 1, seq=3)
+    relay.run_until_idle()
+    assert len(effects(store.engine, "ledger")) == 4

@@ -66,9 +66,14 @@ def purge_delivered(
     if upto is None:
         return 0
     passed = or_(log.c.tx < upto.tx, and_(log.c.tx == upto.tx, log.c.position <= upto.position))
+    # The row with the highest position stays, delivered or not: SQLite gives a new row the
+    # highest rowid in the table plus one, so once every row was purged it would hand out a
+    # position the followers' checkpoints are already past, and they would never see that row.
+    # (Tables created by tidings since 2026-12-06 also say AUTOINCREMENT; older ones do not.)
+    newest = select(func.max(log.c.position)).scalar_subquery()
     doomed = (
         select(log.c.position)
-        .where(passed, log.c.recorded_at < cutoff)
+        .where(passed, log.c.recorded_at < cutoff, log.c.position < newest)
         .order_by(log.c.position)
         .limit(chunk)
         .scalar_subquery()

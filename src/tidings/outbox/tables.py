@@ -79,6 +79,9 @@ def log_table(name: str, meta: MetaData) -> Table:
         *log_columns(),
         *event_columns(),
         Column("recorded_at", DateTime(timezone=True), nullable=False),
+        # Rows are deleted (retention): SQLite must never hand a deleted row's position out
+        # again, or followers whose checkpoint is past it would skip the new row.
+        sqlite_autoincrement=True,
     )
     Index(f"ix_{name}_tx_position", table.c.tx, table.c.position)
     Index(f"ix_{name}_recorded_at", table.c.recorded_at)
