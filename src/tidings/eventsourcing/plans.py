@@ -34,7 +34,7 @@ from tidings.eventsourcing.replay import replay_rows
 from tidings.eventsourcing.snapshots import SnapshotPolicy, restore, snapshot_row
 from tidings.eventsourcing.tables import EventStoreSchema
 from tidings.persistence.bulk import bulk_insert
-from tidings.persistence.log import Checkpoint, after_bound, read_after, visible
+from tidings.persistence.log import Checkpoint, after_bound, log_order, read_after, visible
 
 A = TypeVar("A", bound=EventSourcedAggregate)
 
@@ -107,7 +107,7 @@ def log_page_statement(
         if len(prebuilt.log_pages) >= _MAX_LOG_STATEMENTS:
             return None
         events = schema.events
-        condition = after_bound(events)
+        condition = after_bound(events, dialect_name)
         fence = visible(events, dialect_name)
         if fence is not None:
             condition = and_(condition, fence)
@@ -122,7 +122,7 @@ def log_page_statement(
         found = prebuilt.log_pages[key] = (
             select(events)
             .where(condition)
-            .order_by(events.c.tx, events.c.position)
+            .order_by(*log_order(events, dialect_name))
             .limit(bindparam("page_limit", type_=Integer))
         )
     return found
