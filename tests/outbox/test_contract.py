@@ -551,13 +551,19 @@ def test_retention_deletes_only_delivered_rows_past_the_period(store: Store) -> 
     assert [r.stream_version for r in outbox_rows(store)] == [5]
 
 
-def test_retention_deletes_in_chunks_and_never_past_the_checkpoint(store: Store) -> None:
+def _delivered(store: Store, count: int) -> tuple[RelayConfig, Relay]:
+    """``count`` deposits on one stream, delivered by a relay that leaves retention alone."""
     config = config_for(store, partitions=1)
-    for seq in range(7):
+    for seq in range(count):
         deposit(config, "acc-1", 1, seq)
     relay = Relay(config)
     relay._next_retention = float("inf")
     relay.run_until_idle()
+    return config, relay
+
+
+def test_retention_deletes_in_chunks_and_never_past_the_checkpoint(store: Store) -> None:
+    config, _ = _delivered(store, 7)
     deposit(config, "acc-1", 1, seq=9)  # undelivered
     old = system_clock() - timedelta(days=8)
     with store.engine.begin() as conn:
@@ -778,12 +784,7 @@ def test_rows_written_after_retention_purged_everything_are_delivered(store: Sto
     # Retention purging every delivered row (a quiet spell longer than the period) must not let
     # the next row take a position the checkpoints are already past: on SQLite a new row gets
     # the table's highest rowid plus one, 1 in an empty table, and was never delivered.
-    config = config_for(store, partitions=1)
-    for seq in range(3):
-        deposit(config, "acc-1", 1, seq)
-    relay = Relay(config)
-    relay._next_retention = float("inf")
-    relay.run_until_idle()
+    config, relay = _delivered(store, 3)
     purged = purge_delivered(store.engine, outbox_table, timedelta(0))
     deposit(config, "acc-1", 1, seq=3)
     relay.run_until_idle()
@@ -795,12 +796,7 @@ def test_rows_written_after_retention_purged_everything_are_delivered(store: Sto
 def test_rows_written_after_the_outbox_was_emptied_by_hand_are_delivered(store: Store) -> None:
     # The same after a manual DELETE of every row: the outbox table never reuses a position
     # (AUTOINCREMENT on SQLite, a sequence on PostgreSQL).
-    config = config_for(store, partitions=1)
-    for seq in range(3):
-        deposit(config, "acc-1", 1, seq)
-    relay = Relay(config)
-    relay._next_retention = float("inf")
-    relay.run_until_idle()
+    config, relay = _delivered(store, 3)
     with store.engine.begin() as conn:
         conn.execute(delete(outbox_table))
     deposit(config, "acc-1", 1, seq=3)
