@@ -38,7 +38,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    tuple_,
 )
 
 
@@ -169,7 +168,3 @@ def read_after(
     if fence is not None:
         condition = and_(condition, fence)
     return select(table).where(condition).order_by(*log_order(table, dialect_name)).limit(limit)
-
-
-def order_key(table: Table) -> ColumnElement[Any]:
-    return tuple_(table.c.tx, table.c.position)
