@@ -46,6 +46,11 @@ class RelayConfig:
     #: in parallel (by several relay processes) while each stream stays in order.
     partitions: int = 4
     batch_size: int = 200
+    #: While the relay handles a full page of a partition, read and decode the next page in a
+    #: thread of its own, so that a catch-up overlaps the database read with the handlers (a
+    #: bus forwarder's wait for the broker's confirmations). Off on an in-memory SQLite
+    #: database, which other threads cannot read.
+    read_ahead: bool = True
     default_policy: SubscriberPolicy = field(default_factory=SubscriberPolicy)
     policies: Mapping[str, SubscriberPolicy] = field(default_factory=dict)
     #: Only these subscribers (by name); None means every after-commit subscriber.

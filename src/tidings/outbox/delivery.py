@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,6 +75,16 @@ class PendingRetry:
     due: float
     first_failure: datetime
     failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class _Page:
+    """Rows read after ``start`` and the ones a (subscriber, partition) handles, decoded."""
+
+    start: Checkpoint
+    rows: Sequence[Row[Any]]
+    #: (index in ``rows``, item) for the rows of the partition of types the subscriber handles.
+    work: list[tuple[int, Item]]
 
 
 class _HandlerFailed(Exception):
@@ -147,6 +158,13 @@ class Follower:
         #: for the others the per-batch parking lookup is skipped. Only the partition's owner
         #: ever parks a stream, so a subscriber that cannot park has none.
         self.may_park: dict[str, bool] = {}
+        # An in-memory SQLite database is one connection, which no other thread may use.
+        self._reads_ahead = config.read_ahead and (
+            self.dialect != "sqlite" or self.reader is not config.engine
+        )
+        self._ahead_pool: ThreadPoolExecutor | None = None
+        #: Per (subscriber, partition): the page after the one being handled, being read.
+        self._ahead: dict[tuple[str, int], Future[_Page]] = {}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -184,6 +202,48 @@ class Follower:
             return conn.execute(
                 self._read_statement, {"after_tx": start.tx, "after_position": start.position}
             ).all()
+
+    def _page(self, subscriber: Subscriber, partition: int, start: Checkpoint) -> _Page:
+        rows = self._read(start)
+        work: list[tuple[int, Item]] = []
+        partitions = self.config.partitions
+        for index, row in enumerate(rows):
+            # Partition and interest are decided on the raw columns: rows for other partitions
+            # or of types this subscriber ignores are never decoded.
+            if partitions > 1 and _partition(row[_STREAM_ID], row[_EVENT_ID], partitions) != (
+                partition
+            ):
+                continue
+            if not self._wants_type(subscriber, row[_TYPE]):
+                continue
+            # Wanted by type name means wanted: a decoded event is of its name's class (and an
+            # undecodable row is dead-lettered), so no second lookup by class.
+            work.append((index, self._item(row)))
+        return _Page(start, rows, work)
+
+    def _read_ahead(self, subscriber: Subscriber, partition: int, start: Checkpoint) -> None:
+        """Start reading the page after ``start`` while the current one is handled."""
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-read-ahead")
+        key = (subscriber.name, partition)
+        self._ahead[key] = self._ahead_pool.submit(self._page, subscriber, partition, start)
+
+    def _page_read_ahead(self, key: tuple[str, int], start: Checkpoint) -> _Page | None:
+        """The page read ahead for ``key``, if it starts at ``start`` and is worth using."""
+        future = self._ahead.pop(key, None)
+        if future is None:
+            return None
+        try:
+            page = future.result()
+        except Exception:
+            # Read again inline: the failure (an outage...) is reported from there if it lasts.
+            return None
+        if page.start != start or not page.rows:
+            # Read from another checkpoint (the page before it failed, or was retried), or
+            # found nothing: rows may have committed since, and an empty page now would let
+            # the relay sleep until the next poll instead of reading them.
+            return None
+        return page
 
     def _item(self, row: Row[Any]) -> Item:
         """Decode one row straight into an envelope (the StoredEvent is built only if needed)."""
@@ -244,11 +304,13 @@ class Follower:
         except BaseException:
             # Whatever happened, the committed checkpoint is the truth: read it next time.
             self.positions.pop((subscriber.name, partition), None)
+            self._ahead.pop((subscriber.name, partition), None)
             raise
 
     def forget_positions(self) -> None:
         """Re-read checkpoints and delayed retries from the database (after lease changes)."""
         self.positions.clear()
+        self._ahead.clear()
         self.pending.clear()
         self._retries_loaded.clear()
 
@@ -349,23 +411,10 @@ class Follower:
         start = self.positions.get(key)
         if start is None:
             start = self.positions[key] = self.checkpoint(subscriber.name, partition)
-        rows = self._read(start)
+        page = self._page_read_ahead(key, start) or self._page(subscriber, partition, start)
+        rows, work = page.rows, page.work
         if not rows:
             return 0
-        work: list[tuple[int, Item]] = []
-        partitions = self.config.partitions
-        for index, row in enumerate(rows):
-            # Partition and interest are decided on the raw columns: rows for other partitions
-            # or of types this subscriber ignores are never decoded.
-            if partitions > 1 and _partition(row[_STREAM_ID], row[_EVENT_ID], partitions) != (
-                partition
-            ):
-                continue
-            if not self._wants_type(subscriber, row[_TYPE]):
-                continue
-            # Wanted by type name means wanted: a decoded event is of its name's class (and an
-            # undecodable row is dead-lettered), so no second lookup by class.
-            work.append((index, self._item(row)))
         last = Checkpoint(int(rows[-1][_TX]), int(rows[-1][_POSITION]))
         if retry is not None:
             if not work or work[0][1].event_id != retry.event_id:
@@ -375,6 +424,10 @@ class Follower:
                 index, item = work[0]
                 self._deliver_alone(subscriber, partition, start, item, retry)
                 return index + 1
+        if self._reads_ahead and len(rows) == self.config.batch_size:
+            # A full page: more is likely waiting. Read it while this one is handled; it is
+            # used only if this page's checkpoint move commits (the next read starts there).
+            self._read_ahead(subscriber, partition, last)
         items = [item for _, item in work]
         try:
             try:
@@ -676,6 +729,10 @@ class Follower:
         session.execute(insert(tables.dead_letters).values(values))
 
     def close(self) -> None:
+        if self._ahead_pool is not None:
+            self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+            self._ahead_pool = None
+        self._ahead.clear()
         self.invoke.close()
         if self.reader.pool is not self.config.engine.pool:  # our own engine, not a view
             self.reader.dispose()
