@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from tidings.core.frozen import quick_init
 from tidings.core.messages import StoredEvent
 from tidings.errors import ConfigurationError, MessageRejected
 
@@ -145,6 +146,7 @@ def partition_key(message: StoredEvent) -> str:
     return message.stream_id or str(message.event_id)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One delivery of a message to a consumer."""

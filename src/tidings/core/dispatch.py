@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from tidings.core.envelope import Envelope
+from tidings.core.frozen import quick_init
 from tidings.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Timing(enum.Enum):
 _IN_TRANSACTION = Timing.IN_TRANSACTION
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
     """What a handler may know besides the event."""

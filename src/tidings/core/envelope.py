@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from tidings.core.frozen import quick_init
+
 E_co = TypeVar("E_co", covariant=True)
 
 Clock = Callable[[], datetime]
@@ -32,6 +34,7 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Envelope(Generic[E_co]):
     """An event with its metadata. Immutable; handlers read it, nothing rewrites it."""

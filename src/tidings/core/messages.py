@@ -15,6 +15,7 @@ from uuid import UUID
 
 from tidings.core.codec import Codec, default_codec
 from tidings.core.envelope import Envelope
+from tidings.core.frozen import quick_init
 
 #: Column names shared by every log table (outbox, event store) and the header names brokers
 #: use. Keep them in one place so a follower can read any log.
@@ -31,6 +32,7 @@ METADATA_FIELDS = (
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as stored or transmitted: metadata, headers and undecoded payload bytes."""
