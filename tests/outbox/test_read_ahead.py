@@ -70,7 +70,8 @@ def test_a_page_read_ahead_that_found_nothing_is_read_again(store: Store) -> Non
         deposit(config, "acc-1", 1, seq)
     relay = Relay(config)
     assert relay.step() == 5  # a full page: the next one is read ahead...
-    ahead = relay.follower._ahead[KEY].result()
+    _, reading = relay.follower._ahead[KEY]
+    ahead = reading.result()
     assert ahead.rows == []  # ...and finds nothing, before this deposit commits
     deposit(config, "acc-1", 1, 5)
     assert relay.step() == 1  # not an idle relay until the next poll

@@ -79,9 +79,8 @@ class PendingRetry:
 
 @dataclass
 class _Page:
-    """Rows read after ``start`` and the ones a (subscriber, partition) handles, decoded."""
+    """Rows read after a checkpoint and the ones a (subscriber, partition) handles, decoded."""
 
-    start: Checkpoint
     rows: Sequence[Row[Any]]
     #: (index in ``rows``, item) for the rows of the partition of types the subscriber handles.
     work: list[tuple[int, Item]]
@@ -163,8 +162,9 @@ class Follower:
             self.dialect != "sqlite" or self.reader is not config.engine
         )
         self._ahead_pool: ThreadPoolExecutor | None = None
-        #: Per (subscriber, partition): the page after the one being handled, being read.
-        self._ahead: dict[tuple[str, int], Future[_Page]] = {}
+        #: Per (subscriber, partition): the page after the one being handled, being read (and
+        #: the checkpoint it is read after).
+        self._ahead: dict[tuple[str, int], tuple[Checkpoint, Future[_Page]]] = {}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -219,31 +219,34 @@ class Follower:
             # Wanted by type name means wanted: a decoded event is of its name's class (and an
             # undecodable row is dead-lettered), so no second lookup by class.
             work.append((index, self._item(row)))
-        return _Page(start, rows, work)
+        return _Page(rows, work)
 
     def _read_ahead(self, subscriber: Subscriber, partition: int, start: Checkpoint) -> None:
         """Start reading the page after ``start`` while the current one is handled."""
         if self._ahead_pool is None:
             self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="tidings-read-ahead")
-        key = (subscriber.name, partition)
-        self._ahead[key] = self._ahead_pool.submit(self._page, subscriber, partition, start)
+        future = self._ahead_pool.submit(self._page, subscriber, partition, start)
+        self._ahead[(subscriber.name, partition)] = (start, future)
 
     def _page_read_ahead(self, key: tuple[str, int], start: Checkpoint) -> _Page | None:
         """The page read ahead for ``key``, if it starts at ``start`` and is worth using."""
-        future = self._ahead.pop(key, None)
-        if future is None:
+        ahead = self._ahead.pop(key, None)
+        if ahead is None:
+            return None
+        after, future = ahead
+        if after != start:
+            # Read after a checkpoint that did not commit (the page before it failed, or a
+            # message of it waits for a delayed retry): not the rows due now.
+            future.cancel()
             return None
         try:
             page = future.result()
         except Exception:
             # Read again inline: the failure (an outage...) is reported from there if it lasts.
             return None
-        if page.start != start or not page.rows:
-            # Read from another checkpoint (the page before it failed, or was retried), or
-            # found nothing: rows may have committed since, and an empty page now would let
-            # the relay sleep until the next poll instead of reading them.
-            return None
-        return page
+        # Found nothing: rows may have committed since, and an empty page now would let the
+        # relay sleep until the next poll instead of reading them.
+        return page if page.rows else None
 
     def _item(self, row: Row[Any]) -> Item:
         """Decode one row straight into an envelope (the StoredEvent is built only if needed)."""
