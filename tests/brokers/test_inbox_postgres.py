@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tidings import Envelope
 from tidings.brokers.inbox import InboxConsumer, inbox_metadata, inbox_table
 from tidings.brokers.memory import MemoryBroker, MemoryBrokerServer
-from tidings.brokers.port import Topology
+from tidings.brokers.port import Delivery, Topology
 from tidings.brokers.wire import encode_headers
 from tidings.brokers.worker import BrokerSubscription, Worker
 from tidings.testing.broker_contract import eventually, probe
@@ -146,3 +147,81 @@ async def test_a_batch_tells_new_messages_from_those_already_recorded(
     async with runner.sessions() as session, session.begin():
         assert await runner._record_many(session, ids(batch), batch) == set()
     assert await count(engine, inbox_table) == len(seen) + len(new)
+
+
+def delivery_of(message: Any, partition: int = 0) -> Delivery:
+    return Delivery(message.payload, encode_headers(message), partition, 1)
+
+
+class Statements:
+    """The inbox statements a consumer sends (its plain insert, its insert that skips)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sent: list[str] = []
+        self._engine = engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._note)
+
+    def _note(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith(("INSERT INTO tidings_inbox", "WITH m AS")):
+            self.sent.append("skips" if "ON CONFLICT" in statement else "plain")
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._note)
+
+
+async def test_a_new_batch_goes_in_with_one_plain_insert(engine: AsyncEngine) -> None:
+    runner = InboxConsumer("plain", engine, record)
+    statements = Statements(engine)
+    try:
+        await runner.handle_batch([delivery_of(probe("p", n)) for n in range(5)])
+    finally:
+        statements.close()
+    assert statements.sent == ["plain"]
+    assert runner.handled == 5
+    assert await count(engine, effects) == 5
+
+
+async def test_a_redelivered_batch_is_handled_again_skipping_what_the_inbox_has(
+    engine: AsyncEngine,
+) -> None:
+    """The plain insert is refused (by the inbox's key) when the batch holds a message handled
+    before, or one message twice; the batch then goes again, and only its new messages reach
+    the handler, each once."""
+    seen = [probe("seen", n) for n in range(3)]
+    new = [probe("new", n) for n in range(4)]
+    runner = InboxConsumer("redelivered", engine, record)
+    await runner.handle_batch([delivery_of(message) for message in seen])
+    statements = Statements(engine)
+    try:
+        batch = [new[0], seen[1], new[1], seen[0], new[2], new[3]]
+        await runner.handle_batch([delivery_of(message) for message in batch])
+        twice = [probe("twice", 1), probe("twice", 2)]
+        await runner.handle_batch([delivery_of(m) for m in (twice[0], twice[1], twice[0])])
+    finally:
+        statements.close()
+    assert statements.sent == ["plain", "skips", "plain", "skips"]
+    assert (runner.handled, runner.duplicates) == (3 + 4 + 2, 2 + 1)
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(effects.c.stream, effects.c.n))).all()
+    assert sorted(stored) == sorted((m.stream_id, m.stream_version) for m in seen + new + twice)
+    assert await count(engine, inbox_table) == 3 + 4 + 2
+
+
+async def test_a_handler_breaking_a_unique_key_of_its_own_fails_the_batch(
+    engine: AsyncEngine,
+) -> None:
+    """Only the inbox statement's refusal means "seen before": a handler's own integrity error
+    fails the batch (the adapter then goes one by one), and nothing of it is committed."""
+
+    async def insert_twice(envelope: Envelope[Any], session: AsyncSession) -> None:
+        await session.execute(
+            insert(inbox_table).values(
+                consumer="someone else", message_id="same", event_type="x", handled_at=func.now()
+            )
+        )
+
+    runner = InboxConsumer("strict", engine, insert_twice)
+    with pytest.raises(IntegrityError):
+        await runner.handle_batch([delivery_of(probe("u", n)) for n in range(2)])
+    assert runner.handled == 0
+    assert await count(engine, inbox_table) == 0

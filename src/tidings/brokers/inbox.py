@@ -127,6 +127,28 @@ _INSERT_UNNESTED = text(
 )
 
 
+#: The same rows assumed new: a plain ``INSERT``, which PostgreSQL does in about two thirds of
+#: the time of the ``ON CONFLICT DO NOTHING`` form (that one checks each row's key before its
+#: speculative insertion, then inserts and confirms it: 15-17 against 8.5-10.5 microseconds a row
+#: for batches of 250, 2026-12-07). A batch is almost always new; when one is not (a redelivery),
+#: the unique key refuses the statement and :meth:`InboxConsumer.handle_batch` goes again with
+#: the form that skips what is there.
+_INSERT_ALL_NEW = text(
+    f"INSERT INTO {inbox_table.name} (consumer, message_id, event_type, handled_at)"
+    " SELECT :consumer, m.message_id, m.event_type, :handled_at"
+    " FROM unnest(CAST(:message_ids AS VARCHAR[]), CAST(:event_types AS VARCHAR[]))"
+    " AS m(message_id, event_type)"
+).bindparams(
+    bindparam("message_ids", type_=String),
+    bindparam("event_types", type_=String),
+    bindparam("handled_at", type_=DateTime(timezone=True)),
+)
+
+
+class _SeenBefore(Exception):
+    """A batch assumed new holds a message the inbox has (or that appears twice in it)."""
+
+
 def _text_array(values: Sequence[str]) -> str:
     """A PostgreSQL array literal of ``values``: each element in double quotes, with the two
     characters that are special inside them (backslash, double quote) escaped, so that commas,
@@ -199,10 +221,20 @@ class InboxConsumer:
         statement, and the handler runs, in order, for each message not handled before.
         """
         decoded = [self.read(delivery) for delivery in deliveries]
+        try:
+            await self._commit_batch(decoded, assume_new=True)
+        except _SeenBefore:
+            # A redelivery: again, skipping the messages the inbox already has.
+            await self._commit_batch(decoded, assume_new=False)
+
+    async def _commit_batch(
+        self, decoded: Sequence[tuple[StoredEvent, Envelope[Any]]], *, assume_new: bool
+    ) -> None:
         new: list[Envelope[Any]] = []
         async with self.sessions() as session, session.begin():
             ids = [uuid_text(stored.event_id) for stored, _ in decoded]
-            fresh = await self._record_many(session, ids, [stored for stored, _ in decoded])
+            messages = [stored for stored, _ in decoded]
+            fresh = await self._record_many(session, ids, messages, assume_new=assume_new)
             for message_id, (_, envelope) in zip(ids, decoded, strict=True):
                 if message_id in fresh:
                     fresh.discard(message_id)  # the same message twice in one batch
@@ -217,25 +249,38 @@ class InboxConsumer:
         self.duplicates += len(decoded) - len(new)
 
     async def _record_many(
-        self, session: AsyncSession, ids: Sequence[str], messages: Sequence[StoredEvent]
+        self,
+        session: AsyncSession,
+        ids: Sequence[str],
+        messages: Sequence[StoredEvent],
+        *,
+        assume_new: bool = False,
     ) -> set[str]:
         """Insert the inbox rows of several messages (``ids`` are their message ids, as text);
-        return the ids that were not there before."""
+        return the ids that were not there before.
+
+        ``assume_new``: on PostgreSQL, insert them all or raise :class:`_SeenBefore` (the
+        transaction is then unusable: roll it back)."""
         dialect = session.get_bind().dialect.name
         now = datetime.now(UTC)
         # In id order, so that two transactions inserting overlapping rows (redeliveries racing
         # on two consumers) take the row locks in the same order instead of deadlocking.
         ordered = sorted(zip(ids, (m.event_type for m in messages), strict=True))
         if dialect == "postgresql":
-            result = await session.execute(
-                _INSERT_UNNESTED,
-                {
-                    "consumer": self.name,
-                    "message_ids": _text_array([message_id for message_id, _ in ordered]),
-                    "event_types": _text_array([event_type for _, event_type in ordered]),
-                    "handled_at": now,
-                },
-            )
+            params = {
+                "consumer": self.name,
+                "message_ids": _text_array([message_id for message_id, _ in ordered]),
+                "event_types": _text_array([event_type for _, event_type in ordered]),
+                "handled_at": now,
+            }
+            if assume_new:
+                try:
+                    await session.execute(_INSERT_ALL_NEW, params)
+                except IntegrityError as exc:
+                    # The statement writes the inbox only: its unique key refused a row.
+                    raise _SeenBefore from exc
+                return set(ids)
+            result = await session.execute(_INSERT_UNNESTED, params)
             return set(ids).difference(result.scalars())
         if dialect == "sqlite":
             rows = [
