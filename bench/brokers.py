@@ -382,6 +382,9 @@ class Committed:
         await self.runner.handle_batch(deliveries)
         self._mark(deliveries)
 
+    def prepare(self, deliveries: Sequence[Delivery]) -> None:
+        self.runner.prepare(deliveries)
+
 
 Sent = dict[tuple[str, int], float]
 

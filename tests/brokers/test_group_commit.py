@@ -89,3 +89,31 @@ async def test_a_cancelled_leader_hands_over_and_nothing_hangs() -> None:
     assert await asyncio.wait_for(follower, 5)
     assert await asyncio.wait_for(group.run([delivery(0, 2)]), 5)
     assert handler.committed == [b"1:1", b"0:2"]
+
+
+class Preparing(Recorder):
+    """A recorder that also prepares batches, noting what was prepared before which call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[list[bytes]] = []
+
+    def prepare(self, deliveries: Sequence[Delivery]) -> None:
+        self.prepared.append([d.body for d in deliveries])
+
+
+async def test_batches_are_prepared_as_they_arrive_while_a_commit_is_in_progress() -> None:
+    handler = Preparing()
+    group = GroupCommit(handler, TOPOLOGY, "g")
+    handler.gate.clear()
+    first = asyncio.create_task(group.run([delivery(0, 1)]))
+    await asyncio.sleep(0.01)
+    others = [asyncio.create_task(group.run([delivery(p, 1)])) for p in (1, 2)]
+    await asyncio.sleep(0.01)
+    # Still committing the first: the others are prepared already, waiting for their turn.
+    assert handler.calls == [[b"0:1"]]
+    assert handler.prepared == [[b"0:1"], [b"1:1"], [b"2:1"]]
+    handler.gate.set()
+    assert await first
+    assert all(await asyncio.gather(*others))
+    assert handler.calls == [[b"0:1"], [b"1:1", b"2:1"]]

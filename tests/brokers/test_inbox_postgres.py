@@ -11,11 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tidings import Envelope
+from tidings.brokers import inbox
 from tidings.brokers.inbox import InboxConsumer, inbox_metadata, inbox_table
 from tidings.brokers.memory import MemoryBroker, MemoryBrokerServer
 from tidings.brokers.port import Delivery, Topology
 from tidings.brokers.wire import encode_headers
 from tidings.brokers.worker import BrokerSubscription, Worker
+from tidings.errors import MessageRejected
 from tidings.testing.broker_contract import eventually, probe
 
 pytestmark = pytest.mark.postgres
@@ -225,3 +227,53 @@ async def test_a_handler_breaking_a_unique_key_of_its_own_fails_the_batch(
         await runner.handle_batch([delivery_of(probe("u", n)) for n in range(2)])
     assert runner.handled == 0
     assert await count(engine, inbox_table) == 0
+
+
+async def test_prepared_deliveries_are_read_once_and_then_forgotten(engine: AsyncEngine) -> None:
+    runner = InboxConsumer("prepared", engine, record)
+    reads: list[Delivery] = []
+    read = runner.read
+
+    def counted(delivery: Delivery) -> Any:
+        reads.append(delivery)
+        return read(delivery)
+
+    runner.read = counted  # type: ignore[method-assign]
+    batch = [delivery_of(probe("prep", n)) for n in range(3)]
+    runner.prepare(batch)
+    assert len(reads) == 3
+    await runner.handle_batch(batch)
+    assert len(reads) == 3  # prepared: not read again
+    assert runner._prepared == {}
+    other = [delivery_of(probe("later", n)) for n in range(2)]
+    await runner.handle_batch(other)  # not prepared: read now
+    assert len(reads) == 5
+    assert runner.handled == 5
+
+
+async def test_a_prepared_batch_with_an_unreadable_message_is_rejected_and_forgotten(
+    engine: AsyncEngine,
+) -> None:
+    """Preparing never raises: the message that cannot be read is read again by its batch,
+    which rejects it as it would have; nothing of the batch stays prepared."""
+    runner = InboxConsumer("unreadable", engine, record)
+    good = delivery_of(probe("ok", 1))
+    bad = Delivery(b"{}", {"tidings-event-id": "not a uuid"}, 0, 1)
+    runner.prepare([good, bad])
+    assert len(runner._prepared) == 1
+    with pytest.raises(MessageRejected, match="tidings-event-id"):
+        await runner.handle_batch([good, bad])
+    assert runner._prepared == {}
+    assert await count(engine, inbox_table) == 0
+
+
+async def test_prepared_deliveries_of_batches_that_never_ran_do_not_pile_up(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox, "_PREPARED_LIMIT", 4)
+    runner = InboxConsumer("abandoned", engine, record)
+    for n in range(4):
+        runner.prepare([delivery_of(probe("gone", n))])  # never handled (a consumer stopping)
+    assert len(runner._prepared) == 4
+    runner.prepare([delivery_of(probe("gone", 9))])
+    assert len(runner._prepared) == 1  # the stale ones were dropped first

@@ -22,7 +22,9 @@ batch fails, nothing of it is committed and the adapter handles the messages one
 handler that can apply several envelopes at once (one multi-row statement instead of one round
 trip per message) may also provide ``handle_many(envelopes, session)``
 (:class:`BatchEnvelopeHandler`): batches then call it once with the messages not handled
-before, in delivery order, inside the same transaction.
+before, in delivery order, inside the same transaction. Adapters' group commits call
+:meth:`InboxConsumer.prepare` with each batch as it arrives, so that decoding it overlaps an
+earlier batch's transaction (a handler wrapping an ``InboxConsumer`` should pass ``prepare`` on).
 
 If the handler raises, the transaction (inbox row included) rolls back and the broker redelivers.
 """
@@ -145,6 +147,10 @@ _INSERT_ALL_NEW = text(
 )
 
 
+#: Prepared deliveries kept at most; more means batches that never ran (see ``prepare``).
+_PREPARED_LIMIT = 10_000
+
+
 class _SeenBefore(Exception):
     """A batch assumed new holds a message the inbox has (or that appears twice in it)."""
 
@@ -190,6 +196,43 @@ class InboxConsumer:
         #: Counters for operators and tests: handled, duplicates.
         self.handled = 0
         self.duplicates = 0
+        #: Deliveries decoded by :meth:`prepare`, by id, with the delivery itself (kept alive,
+        #: so that its id is not reused meanwhile).
+        self._prepared: dict[int, tuple[Delivery, StoredEvent, Envelope[Any]]] = {}
+
+    def prepare(self, deliveries: Sequence[Delivery]) -> None:
+        """Decode and verify ``deliveries`` ahead of their transaction (the group commit calls
+        this while an earlier batch commits; see :class:`~tidings.brokers.port.PreparingHandler`).
+        A delivery that cannot be read is left as it is: its batch reads it again and rejects
+        it there, as it would have."""
+        prepared = self._prepared
+        if len(prepared) >= _PREPARED_LIMIT:
+            prepared.clear()  # left by batches that never ran (a consumer stopped meanwhile)
+        for delivery in deliveries:
+            try:
+                stored, envelope = self.read(delivery)
+            except Exception:
+                continue
+            prepared[id(delivery)] = (delivery, stored, envelope)
+
+    def _read_all(self, deliveries: Sequence[Delivery]) -> list[tuple[StoredEvent, Envelope[Any]]]:
+        """Each delivery decoded: as prepared, or now."""
+        prepared = self._prepared
+        if not prepared:
+            return [self.read(delivery) for delivery in deliveries]
+        try:
+            return [self._prepared_or_read(delivery) for delivery in deliveries]
+        finally:
+            # Whatever happens to this batch, its deliveries are not prepared any more (a
+            # delivery keeps its id while it lives, so no other one can be holding it).
+            for delivery in deliveries:
+                prepared.pop(id(delivery), None)
+
+    def _prepared_or_read(self, delivery: Delivery) -> tuple[StoredEvent, Envelope[Any]]:
+        found = self._prepared.get(id(delivery))
+        if found is not None and found[0] is delivery:
+            return found[1], found[2]
+        return self.read(delivery)
 
     def read(self, delivery: Delivery) -> tuple[StoredEvent, Envelope[Any]]:
         """Decode and verify a delivery; :class:`MessageRejected` says why it is unusable."""
@@ -205,7 +248,7 @@ class InboxConsumer:
         return stored, envelope
 
     async def __call__(self, delivery: Delivery) -> None:
-        stored, envelope = self.read(delivery)
+        ((stored, envelope),) = self._read_all([delivery])
         async with self.sessions() as session, session.begin():
             if not await self._record(session, stored):
                 self.duplicates += 1
@@ -220,7 +263,7 @@ class InboxConsumer:
         One commit for the batch instead of one per message: the inbox rows go in with a single
         statement, and the handler runs, in order, for each message not handled before.
         """
-        decoded = [self.read(delivery) for delivery in deliveries]
+        decoded = self._read_all(deliveries)
         try:
             await self._commit_batch(decoded, assume_new=True)
         except _SeenBefore:

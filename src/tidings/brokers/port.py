@@ -181,6 +181,17 @@ class BatchHandler(Protocol):
 
 
 @runtime_checkable
+class PreparingHandler(Protocol):
+    """A batch handler with per-message work that needs no transaction (decoding, verifying a
+    signature): :class:`GroupCommit` calls ``prepare`` with a partition's batch as soon as it
+    is handed in, while an earlier batch may still be committing, so that this work overlaps
+    the database's instead of following it. ``handle_batch`` later gets the same deliveries,
+    and must still work for any it finds unprepared."""
+
+    def prepare(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+@runtime_checkable
 class Consumer(Protocol):
     """A running consumer; ``stop()`` lets in-flight handlers finish (and be acked)."""
 
@@ -326,10 +337,13 @@ class GroupCommit:
         self.group = group
         self._waiting: list[tuple[Sequence[Delivery], asyncio.Future[bool | None]]] = []
         self._busy = False
+        self._prepare = handler.prepare if isinstance(handler, PreparingHandler) else None
 
     async def run(self, deliveries: Sequence[Delivery]) -> bool:
         if not isinstance(self.handler, BatchHandler):
             return False
+        if self._prepare is not None:
+            self._prepare(deliveries)
         if self._busy:
             turn: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
             entry = (deliveries, turn)
