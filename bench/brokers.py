@@ -382,8 +382,8 @@ class Committed:
         await self.runner.handle_batch(deliveries)
         self._mark(deliveries)
 
-    def prepare(self, deliveries: Sequence[Delivery]) -> None:
-        self.runner.prepare(deliveries)
+    def prepare_batch(self, deliveries: Sequence[Delivery]) -> None:
+        self.runner.prepare_batch(deliveries)
 
 
 Sent = dict[tuple[str, int], float]

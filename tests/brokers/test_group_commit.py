@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from tidings.brokers.port import Delivery, GroupCommit, Topology
 
 
@@ -98,7 +100,7 @@ class Preparing(Recorder):
         super().__init__()
         self.prepared: list[list[bytes]] = []
 
-    def prepare(self, deliveries: Sequence[Delivery]) -> None:
+    def prepare_batch(self, deliveries: Sequence[Delivery]) -> None:
         self.prepared.append([d.body for d in deliveries])
 
 
@@ -117,3 +119,20 @@ async def test_batches_are_prepared_as_they_arrive_while_a_commit_is_in_progress
     assert await first
     assert all(await asyncio.gather(*others))
     assert handler.calls == [[b"0:1"], [b"1:1", b"2:1"]]
+
+
+async def test_a_prepare_batch_that_raises_is_logged_and_not_called_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Preparing):
+        def prepare_batch(self, deliveries: Sequence[Delivery]) -> None:
+            super().prepare_batch(deliveries)
+            raise ValueError("prepared wrong")
+
+    handler = Broken()
+    group = GroupCommit(handler, TOPOLOGY, "g")
+    assert await group.run([delivery(0, 1)])
+    assert await group.run([delivery(0, 2)])
+    assert handler.committed == [b"0:1", b"0:2"]  # handled all the same
+    assert handler.prepared == [[b"0:1"]]
+    assert "prepare_batch failed for group g" in caplog.text

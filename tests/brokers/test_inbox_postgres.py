@@ -240,7 +240,7 @@ async def test_prepared_deliveries_are_read_once_and_then_forgotten(engine: Asyn
 
     runner.read = counted  # type: ignore[method-assign]
     batch = [delivery_of(probe("prep", n)) for n in range(3)]
-    runner.prepare(batch)
+    runner.prepare_batch(batch)
     assert len(reads) == 3
     await runner.handle_batch(batch)
     assert len(reads) == 3  # prepared: not read again
@@ -259,7 +259,7 @@ async def test_a_prepared_batch_with_an_unreadable_message_is_rejected_and_forgo
     runner = InboxConsumer("unreadable", engine, record)
     good = delivery_of(probe("ok", 1))
     bad = Delivery(b"{}", {"tidings-event-id": "not a uuid"}, 0, 1)
-    runner.prepare([good, bad])
+    runner.prepare_batch([good, bad])
     assert len(runner._prepared) == 1
     with pytest.raises(MessageRejected, match="tidings-event-id"):
         await runner.handle_batch([good, bad])
@@ -273,7 +273,7 @@ async def test_prepared_deliveries_of_batches_that_never_ran_do_not_pile_up(
     monkeypatch.setattr(inbox, "_PREPARED_LIMIT", 4)
     runner = InboxConsumer("abandoned", engine, record)
     for n in range(4):
-        runner.prepare([delivery_of(probe("gone", n))])  # never handled (a consumer stopping)
+        runner.prepare_batch([delivery_of(probe("gone", n))])  # never handled (a consumer stopping)
     assert len(runner._prepared) == 4
-    runner.prepare([delivery_of(probe("gone", 9))])
+    runner.prepare_batch([delivery_of(probe("gone", 9))])
     assert len(runner._prepared) == 1  # the stale ones were dropped first

@@ -23,8 +23,8 @@ handler that can apply several envelopes at once (one multi-row statement instea
 trip per message) may also provide ``handle_many(envelopes, session)``
 (:class:`BatchEnvelopeHandler`): batches then call it once with the messages not handled
 before, in delivery order, inside the same transaction. Adapters' group commits call
-:meth:`InboxConsumer.prepare` with each batch as it arrives, so that decoding it overlaps an
-earlier batch's transaction (a handler wrapping an ``InboxConsumer`` should pass ``prepare`` on).
+:meth:`InboxConsumer.prepare_batch` with each batch as it arrives, so that decoding it overlaps
+an earlier batch's transaction (a handler wrapping an ``InboxConsumer`` should pass it on).
 
 If the handler raises, the transaction (inbox row included) rolls back and the broker redelivers.
 """
@@ -36,7 +36,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, insert, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    TextClause,
+    bindparam,
+    insert,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -106,6 +116,23 @@ def _insert_new(dialect: str) -> Any:
 
 _INSERTS: dict[str, Any] = {}
 
+
+def _batch_statement(sql: str) -> TextClause:
+    """A statement over a batch's ``:message_ids`` and ``:event_types`` (array literals)."""
+    return text(sql).bindparams(
+        bindparam("message_ids", type_=String),
+        bindparam("event_types", type_=String),
+        bindparam("handled_at", type_=DateTime(timezone=True)),
+    )
+
+
+#: The batch's rows, one per message: what both batch statements insert.
+_BATCH_ROWS = (
+    "unnest(CAST(:message_ids AS VARCHAR[]), CAST(:event_types AS VARCHAR[]))"
+    " AS m(message_id, event_type)"
+)
+_INSERT_COLUMNS = f"INSERT INTO {inbox_table.name} (consumer, message_id, event_type, handled_at)"
+
 #: A batch's inbox rows on PostgreSQL: the ids and types travel as two arrays, so the statement
 #: text is the same for every batch size. Its parsing is then cached by the driver (and the
 #: statement prepared by the server), where a multi-row VALUES list with a placeholder per field
@@ -114,40 +141,28 @@ _INSERTS: dict[str, Any] = {}
 #: by element in Python (about 1.8 us per element and array, measured alone). The statement
 #: returns the ids that were already there (duplicates: usually none) rather than every id it
 #: inserted, a row each, which the client read one by one (about half a microsecond per message).
-_INSERT_UNNESTED = text(
-    "WITH m AS (SELECT * FROM unnest(CAST(:message_ids AS VARCHAR[]),"
-    " CAST(:event_types AS VARCHAR[])) AS m(message_id, event_type)),"
-    f" inserted AS (INSERT INTO {inbox_table.name}"
-    " (consumer, message_id, event_type, handled_at)"
+_INSERT_UNNESTED = _batch_statement(
+    f"WITH m AS (SELECT * FROM {_BATCH_ROWS}),"
+    f" inserted AS ({_INSERT_COLUMNS}"
     " SELECT :consumer, m.message_id, m.event_type, :handled_at FROM m"
     " ON CONFLICT DO NOTHING RETURNING message_id)"
     " SELECT message_id FROM m EXCEPT SELECT message_id FROM inserted"
-).bindparams(
-    bindparam("message_ids", type_=String),
-    bindparam("event_types", type_=String),
-    bindparam("handled_at", type_=DateTime(timezone=True)),
 )
 
 
 #: The same rows assumed new: a plain ``INSERT``, which PostgreSQL does in about two thirds of
 #: the time of the ``ON CONFLICT DO NOTHING`` form (that one checks each row's key before its
 #: speculative insertion, then inserts and confirms it: 15-17 against 8.5-10.5 microseconds a row
-#: for batches of 250, 2026-12-07). A batch is almost always new; when one is not (a redelivery),
+#: for batches of 250, 2026-12-06). A batch is almost always new; when one is not (a redelivery),
 #: the unique key refuses the statement and :meth:`InboxConsumer.handle_batch` goes again with
 #: the form that skips what is there.
-_INSERT_ALL_NEW = text(
-    f"INSERT INTO {inbox_table.name} (consumer, message_id, event_type, handled_at)"
-    " SELECT :consumer, m.message_id, m.event_type, :handled_at"
-    " FROM unnest(CAST(:message_ids AS VARCHAR[]), CAST(:event_types AS VARCHAR[]))"
-    " AS m(message_id, event_type)"
-).bindparams(
-    bindparam("message_ids", type_=String),
-    bindparam("event_types", type_=String),
-    bindparam("handled_at", type_=DateTime(timezone=True)),
+_INSERT_ALL_NEW = _batch_statement(
+    f"{_INSERT_COLUMNS} SELECT :consumer, m.message_id, m.event_type, :handled_at"
+    f" FROM {_BATCH_ROWS}"
 )
 
 
-#: Prepared deliveries kept at most; more means batches that never ran (see ``prepare``).
+#: Prepared deliveries kept at most; more means batches that never ran (``prepare_batch``).
 _PREPARED_LIMIT = 10_000
 
 
@@ -196,11 +211,11 @@ class InboxConsumer:
         #: Counters for operators and tests: handled, duplicates.
         self.handled = 0
         self.duplicates = 0
-        #: Deliveries decoded by :meth:`prepare`, by id, with the delivery itself (kept alive,
+        #: Deliveries decoded by :meth:`prepare_batch`, by id, with the delivery itself (kept alive,
         #: so that its id is not reused meanwhile).
         self._prepared: dict[int, tuple[Delivery, StoredEvent, Envelope[Any]]] = {}
 
-    def prepare(self, deliveries: Sequence[Delivery]) -> None:
+    def prepare_batch(self, deliveries: Sequence[Delivery]) -> None:
         """Decode and verify ``deliveries`` ahead of their transaction (the group commit calls
         this while an earlier batch commits; see :class:`~tidings.brokers.port.PreparingHandler`).
         A delivery that cannot be read is left as it is: its batch reads it again and rejects

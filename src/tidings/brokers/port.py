@@ -183,12 +183,13 @@ class BatchHandler(Protocol):
 @runtime_checkable
 class PreparingHandler(Protocol):
     """A batch handler with per-message work that needs no transaction (decoding, verifying a
-    signature): :class:`GroupCommit` calls ``prepare`` with a partition's batch as soon as it
-    is handed in, while an earlier batch may still be committing, so that this work overlaps
-    the database's instead of following it. ``handle_batch`` later gets the same deliveries,
-    and must still work for any it finds unprepared."""
+    signature): :class:`GroupCommit` calls ``prepare_batch`` with a partition's batch as soon
+    as it is handed in, while an earlier batch may still be committing, so that this work
+    overlaps the database's instead of following it. ``handle_batch`` later gets the same
+    deliveries, and must still work for any it finds unprepared. ``prepare_batch`` should not
+    raise; if it does, the group commit logs it and stops preparing."""
 
-    def prepare(self, deliveries: Sequence[Delivery]) -> None: ...
+    def prepare_batch(self, deliveries: Sequence[Delivery]) -> None: ...
 
 
 @runtime_checkable
@@ -337,13 +338,18 @@ class GroupCommit:
         self.group = group
         self._waiting: list[tuple[Sequence[Delivery], asyncio.Future[bool | None]]] = []
         self._busy = False
-        self._prepare = handler.prepare if isinstance(handler, PreparingHandler) else None
+        self._prepare = handler.prepare_batch if isinstance(handler, PreparingHandler) else None
 
     async def run(self, deliveries: Sequence[Delivery]) -> bool:
         if not isinstance(self.handler, BatchHandler):
             return False
         if self._prepare is not None:
-            self._prepare(deliveries)
+            try:
+                self._prepare(deliveries)
+            except Exception:
+                # Only an optimisation: the batches are handled as well without it.
+                log.exception("prepare_batch failed for group %s; no longer preparing", self.group)
+                self._prepare = None
         if self._busy:
             turn: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
             entry = (deliveries, turn)
