@@ -112,9 +112,10 @@ async def test_batches_are_prepared_as_they_arrive_while_a_commit_is_in_progress
     await asyncio.sleep(0.01)
     others = [asyncio.create_task(group.run([delivery(p, 1)])) for p in (1, 2)]
     await asyncio.sleep(0.01)
-    # Still committing the first: the others are prepared already, waiting for their turn.
+    # Still committing the first: the others are prepared already, waiting for their turn (the
+    # first did not wait: nothing to overlap, so not prepared).
     assert handler.calls == [[b"0:1"]]
-    assert handler.prepared == [[b"0:1"], [b"1:1"], [b"2:1"]]
+    assert handler.prepared == [[b"1:1"], [b"2:1"]]
     handler.gate.set()
     assert await first
     assert all(await asyncio.gather(*others))
@@ -131,8 +132,14 @@ async def test_a_prepare_batch_that_raises_is_logged_and_not_called_again(
 
     handler = Broken()
     group = GroupCommit(handler, TOPOLOGY, "g")
-    assert await group.run([delivery(0, 1)])
-    assert await group.run([delivery(0, 2)])
-    assert handler.committed == [b"0:1", b"0:2"]  # handled all the same
-    assert handler.prepared == [[b"0:1"]]
+    handler.gate.clear()
+    first = asyncio.create_task(group.run([delivery(0, 1)]))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(group.run([delivery(p, 1)])) for p in (1, 2)]
+    await asyncio.sleep(0.01)
+    handler.gate.set()
+    assert await first
+    assert all(await asyncio.gather(*waiting))
+    assert sorted(handler.committed) == [b"0:1", b"1:1", b"2:1"]  # handled all the same
+    assert handler.prepared == [[b"1:1"]]
     assert "prepare_batch failed for group g" in caplog.text

@@ -23,8 +23,9 @@ handler that can apply several envelopes at once (one multi-row statement instea
 trip per message) may also provide ``handle_many(envelopes, session)``
 (:class:`BatchEnvelopeHandler`): batches then call it once with the messages not handled
 before, in delivery order, inside the same transaction. Adapters' group commits call
-:meth:`InboxConsumer.prepare_batch` with each batch as it arrives, so that decoding it overlaps
-an earlier batch's transaction (a handler wrapping an ``InboxConsumer`` should pass it on).
+:meth:`InboxConsumer.prepare_batch` with a batch that has to wait for an earlier batch's
+commit, so that decoding it overlaps that transaction (a handler wrapping an ``InboxConsumer``
+should pass it on).
 
 If the handler raises, the transaction (inbox row included) rolls back and the broker redelivers.
 """

@@ -183,11 +183,12 @@ class BatchHandler(Protocol):
 @runtime_checkable
 class PreparingHandler(Protocol):
     """A batch handler with per-message work that needs no transaction (decoding, verifying a
-    signature): :class:`GroupCommit` calls ``prepare_batch`` with a partition's batch as soon
-    as it is handed in, while an earlier batch may still be committing, so that this work
-    overlaps the database's instead of following it. ``handle_batch`` later gets the same
-    deliveries, and must still work for any it finds unprepared. ``prepare_batch`` should not
-    raise; if it does, the group commit logs it and stops preparing."""
+    signature): :class:`GroupCommit` calls ``prepare_batch`` with a partition's batch that must
+    wait for an earlier batch's commit, as it is handed in, so that this work overlaps the
+    database's instead of following it. ``handle_batch`` later gets the same deliveries, and
+    must still work for any it finds unprepared (a batch that did not wait is not prepared).
+    ``prepare_batch`` should not raise; if it does, the group commit logs it and stops
+    preparing."""
 
     def prepare_batch(self, deliveries: Sequence[Delivery]) -> None: ...
 
@@ -343,7 +344,8 @@ class GroupCommit:
     async def run(self, deliveries: Sequence[Delivery]) -> bool:
         if not isinstance(self.handler, BatchHandler):
             return False
-        if self._prepare is not None:
+        if self._busy and self._prepare is not None:
+            # It waits for the commit in progress: meanwhile, its own work.
             try:
                 self._prepare(deliveries)
             except Exception:
