@@ -104,21 +104,27 @@ class Preparing(Recorder):
         self.prepared.append([d.body for d in deliveries])
 
 
-async def test_batches_are_prepared_as_they_arrive_while_a_commit_is_in_progress() -> None:
-    handler = Preparing()
-    group = GroupCommit(handler, TOPOLOGY, "g")
+async def behind_a_commit(group: GroupCommit, handler: Recorder) -> list[asyncio.Task[bool]]:
+    """Partition 0's batch with its commit held open, and partitions 1 and 2's waiting for it
+    (release them with ``handler.gate.set()``)."""
     handler.gate.clear()
     first = asyncio.create_task(group.run([delivery(0, 1)]))
     await asyncio.sleep(0.01)
     others = [asyncio.create_task(group.run([delivery(p, 1)])) for p in (1, 2)]
     await asyncio.sleep(0.01)
+    return [first, *others]
+
+
+async def test_batches_are_prepared_as_they_arrive_while_a_commit_is_in_progress() -> None:
+    handler = Preparing()
+    group = GroupCommit(handler, TOPOLOGY, "g")
+    batches = await behind_a_commit(group, handler)
     # Still committing the first: the others are prepared already, waiting for their turn (the
     # first did not wait: nothing to overlap, so not prepared).
     assert handler.calls == [[b"0:1"]]
     assert handler.prepared == [[b"1:1"], [b"2:1"]]
     handler.gate.set()
-    assert await first
-    assert all(await asyncio.gather(*others))
+    assert all(await asyncio.gather(*batches))
     assert handler.calls == [[b"0:1"], [b"1:1", b"2:1"]]
 
 
@@ -132,14 +138,9 @@ async def test_a_prepare_batch_that_raises_is_logged_and_not_called_again(
 
     handler = Broken()
     group = GroupCommit(handler, TOPOLOGY, "g")
-    handler.gate.clear()
-    first = asyncio.create_task(group.run([delivery(0, 1)]))
-    await asyncio.sleep(0.01)
-    waiting = [asyncio.create_task(group.run([delivery(p, 1)])) for p in (1, 2)]
-    await asyncio.sleep(0.01)
+    batches = await behind_a_commit(group, handler)
     handler.gate.set()
-    assert await first
-    assert all(await asyncio.gather(*waiting))
+    assert all(await asyncio.gather(*batches))
     assert sorted(handler.committed) == [b"0:1", b"1:1", b"2:1"]  # handled all the same
     assert handler.prepared == [[b"1:1"]]
     assert "prepare_batch failed for group g" in caplog.text

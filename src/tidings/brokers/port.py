@@ -327,7 +327,8 @@ class GroupCommit:
     one is being committed wait for it and then go together, in one ``handle_batch`` call: one
     commit for several partitions. So batches grow with load on their own, while an idle
     consumer commits each message as soon as it arrives. Each partition still has at most one
-    batch in flight, so per-stream order is unchanged.
+    batch in flight, so per-stream order is unchanged. A batch that waits is handed to the
+    handler's ``prepare_batch`` meanwhile, if it has one (:class:`PreparingHandler`).
 
     If the combined batch fails, each partition's batch is tried on its own; :meth:`run` returns
     whether the caller's batch was committed (False: handle its messages one by one).
@@ -345,7 +346,7 @@ class GroupCommit:
         if not isinstance(self.handler, BatchHandler):
             return False
         if self._busy and self._prepare is not None:
-            # It waits for the commit in progress: meanwhile, its own work.
+            # This batch waits for the commit in progress: decode it meanwhile.
             try:
                 self._prepare(deliveries)
             except Exception:
