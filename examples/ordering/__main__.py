@@ -52,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(create_api(app, run_relays=not args.no_relays), host=args.host, port=args.port)
         return 0
     import signal
-    import threading
+    import time
 
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    # A signal handler runs between two bytecodes of the main thread, whatever that thread
+    # holds then: it only records the signal (setting an Event takes a lock, which the main
+    # thread could be holding inside its own wait), and the main thread looks for it.
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: received.append(number))
     app.start()
-    stopped.wait()
+    while not received:
+        time.sleep(0.1)
     app.stop()
     return 0
 

@@ -9,10 +9,8 @@ callable taking the engine and returning a ``RelayConfig``.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 import click
@@ -22,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tidings.cli.apps import resolve
 from tidings.cli.main import apply_gc_tuning, emit, gc_tuning_option
+from tidings.cli.signals import StopSignals
 from tidings.core.dispatch import Handlers
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.outbox import (
@@ -168,14 +167,14 @@ def relay_command(
         )
         return
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        relay.stop(timeout=0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # The relay runs in a thread of its own while this one waits for SIGTERM or SIGINT: a
+    # signal handler must take no lock (see tidings.cli.signals), and stopping a relay does.
+    signals = StopSignals()
+    signals.install()
     tuned = apply_gc_tuning(gc_tuning)
     click.echo(f"relay {relay.node} following {config.log.name}{tuned}", err=True)
-    relay.run()
+    signals.wait(relay.start())
+    relay.stop(timeout=None)  # lets it finish its step and give its leases back
 
 
 # -- dlq -------------------------------------------------------------------------------------

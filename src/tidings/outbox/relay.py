@@ -219,7 +219,11 @@ class Relay:
         self._thread.start()
         return self._thread
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask it to stop and wait up to ``timeout`` seconds (None: until it has) for its thread.
+
+        It takes locks: do not call it from a signal handler (see :mod:`tidings.cli.signals`).
+        """
         self._stop.set()
         self.config.doorbell.ring()
         if self._thread is not None:
