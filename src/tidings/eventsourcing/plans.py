@@ -34,7 +34,7 @@ from tidings.eventsourcing.replay import replay_rows
 from tidings.eventsourcing.snapshots import SnapshotPolicy, restore, snapshot_row
 from tidings.eventsourcing.tables import EventStoreSchema
 from tidings.persistence.bulk import bulk_insert
-from tidings.persistence.log import Checkpoint, after_bound, log_order, read_after, visible
+from tidings.persistence.log import Checkpoint, committed_after_bound, log_order, read_after
 
 A = TypeVar("A", bound=EventSourcedAggregate)
 
@@ -107,10 +107,7 @@ def log_page_statement(
         if len(prebuilt.log_pages) >= _MAX_LOG_STATEMENTS:
             return None
         events = schema.events
-        condition = after_bound(events, dialect_name)
-        fence = visible(events, dialect_name)
-        if fence is not None:
-            condition = and_(condition, fence)
+        condition = committed_after_bound(events, dialect_name)
         if names is not None:
             # Plain comparisons, not IN: their values are ordinary bound parameters, which the
             # direct shell passes as they are (IN's expanding parameter needs SQLAlchemy).

@@ -48,7 +48,7 @@ from tidings.outbox.subscribers import (
     reader_engine,
 )
 from tidings.persistence.direct import update_direct
-from tidings.persistence.log import Checkpoint, after, after_bound, log_order, visible
+from tidings.persistence.log import Checkpoint, after, committed_after_bound, log_order
 from tidings.persistence.values import as_uuid
 
 logger = logging.getLogger("tidings.outbox")
@@ -115,13 +115,9 @@ class Follower:
         # Built once, the checkpoint bound per read (as the event store's prebuilt reads): a
         # statement built per poll costs its construction and its cache key each time, which
         # on a relay woken per commit is a good part of the wake-to-handler time.
-        condition = after_bound(log, self.dialect)
-        fence = visible(log, self.dialect)
-        if fence is not None:
-            condition = and_(condition, fence)
         self._read_statement = (
             select(*self._columns)
-            .where(condition)
+            .where(committed_after_bound(log, self.dialect))
             .order_by(*log_order(log, self.dialect))
             .limit(config.batch_size)
         )

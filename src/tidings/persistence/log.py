@@ -159,12 +159,22 @@ def visible(table: Table, dialect_name: str) -> ColumnElement[bool] | None:
     return None
 
 
+def committed_after_bound(table: Table, dialect_name: str) -> ColumnElement[bool]:
+    """:func:`after_bound` behind the commit-order fence: the gap-safe condition of a prebuilt
+    read of the log (a relay's page, an event store's page)."""
+    return _behind_fence(table, after_bound(table, dialect_name), dialect_name)
+
+
 def read_after(
     table: Table, checkpoint: Checkpoint, dialect_name: str, *, limit: int
 ) -> Select[Any]:
     """Select up to ``limit`` committed rows after ``checkpoint``, gap-safe, in log order."""
-    condition = after(table, checkpoint, dialect_name)
-    fence = visible(table, dialect_name)
-    if fence is not None:
-        condition = and_(condition, fence)
+    condition = _behind_fence(table, after(table, checkpoint, dialect_name), dialect_name)
     return select(table).where(condition).order_by(*log_order(table, dialect_name)).limit(limit)
+
+
+def _behind_fence(
+    table: Table, condition: ColumnElement[bool], dialect_name: str
+) -> ColumnElement[bool]:
+    fence = visible(table, dialect_name)
+    return condition if fence is None else and_(condition, fence)
