@@ -23,10 +23,21 @@ from .test_contract import FakeClock, per_stream_versions
 KEY = ("ledger", 0)
 
 
-def _config(store: Store, handlers: Handlers | None = None, **kwargs: Any) -> RelayConfig:
-    return RelayConfig(
+def _filled(
+    store: Store,
+    deposits: int,
+    handlers: Handlers | None = None,
+    *,
+    accounts: int = 1,
+    **kwargs: Any,
+) -> RelayConfig:
+    """One partition, pages of 5, and ``deposits`` events committed over ``accounts`` streams."""
+    config = RelayConfig(
         store.engine, handlers or ledger_handlers("ledger"), partitions=1, batch_size=5, **kwargs
     )
+    for seq in range(deposits):
+        deposit(config, f"acc-{seq % accounts}", 1, seq)
+    return config
 
 
 def _readers(relay: Relay) -> list[str]:
@@ -46,9 +57,7 @@ def _readers(relay: Relay) -> list[str]:
 def test_pages_after_a_full_one_are_read_ahead_and_everything_is_delivered_once(
     store: Store,
 ) -> None:
-    config = _config(store)
-    for seq in range(23):
-        deposit(config, f"acc-{seq % 4}", 1, seq)
+    config = _filled(store, 23, accounts=4)
     relay = Relay(config)
     threads = _readers(relay)
     assert relay.run_until_idle() == 23
@@ -65,15 +74,13 @@ def test_pages_after_a_full_one_are_read_ahead_and_everything_is_delivered_once(
 
 
 def test_a_page_read_ahead_that_found_nothing_is_read_again(store: Store) -> None:
-    config = _config(store)
-    for seq in range(5):
-        deposit(config, "acc-1", 1, seq)
+    config = _filled(store, 5)
     relay = Relay(config)
     assert relay.step() == 5  # a full page: the next one is read ahead...
     _, reading = relay.follower._ahead[KEY]
     ahead = reading.result()
     assert ahead.rows == []  # ...and finds nothing, before this deposit commits
-    deposit(config, "acc-1", 1, 5)
+    deposit(config, "acc-0", 1, 5)
     assert relay.step() == 1  # not an idle relay until the next poll
     assert sorted(e.seq for e in effects(store.engine)) == list(range(6))
     relay.follower.close()
@@ -97,9 +104,7 @@ def test_a_page_read_ahead_of_an_uncommitted_checkpoint_is_not_used(store: Store
     # Due within a second: before the relay's next lease refresh, which would forget the read
     # ahead anyway.
     policy = SubscriberPolicy(RetryPolicy(immediate=0, delayed=1, base_delay=1.0))
-    config = _config(store, handlers, default_policy=policy)
-    for seq in range(12):
-        deposit(config, "acc-1", 1, seq)
+    config = _filled(store, 12, handlers, default_policy=policy)
     relay = Relay(config, clock=clock)
     relay.run_until_idle()
     assert [e.seq for e in effects(store.engine)] == [0, 1]  # the rest waits behind seq 2
@@ -111,9 +116,7 @@ def test_a_page_read_ahead_of_an_uncommitted_checkpoint_is_not_used(store: Store
 
 
 def test_a_read_ahead_that_failed_is_read_again_inline(store: Store) -> None:
-    config = _config(store)
-    for seq in range(12):
-        deposit(config, "acc-1", 1, seq)
+    config = _filled(store, 12)
     relay = Relay(config)
     read = relay.follower._read
 
@@ -142,9 +145,7 @@ def test_no_read_ahead_where_other_threads_cannot_read(sqlite_sync_engine: Engin
 
 @pytest.mark.parametrize("pages", [1, 3])
 def test_closing_waits_for_a_read_in_flight(store: Store, pages: int) -> None:
-    config = _config(store)
-    for seq in range(5 * pages):
-        deposit(config, "acc-1", 1, seq)
+    config = _filled(store, 5 * pages)
     before = set(threading.enumerate())
     relay = Relay(config)
     relay.run_until_idle()
