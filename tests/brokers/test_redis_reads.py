@@ -254,3 +254,51 @@ async def test_an_entry_trimmed_while_pending_is_acked_and_the_partition_moves_o
     finally:
         await bus.close()
         await factory.cleanup(topology)
+
+
+@pytest.mark.parametrize("prefetch", [1, 64])
+async def test_a_waiting_consumer_takes_one_entry_from_the_blocking_read_and_the_rest_packed(
+    client: Any, prefetch: int
+) -> None:
+    """A consumer that has caught up waits in XREADGROUP BLOCK, whose reply redis-py parses in
+    Python: it asks it for one entry, and the script brings the rest of the batch (in order,
+    in the same batch, never more than ``prefetch``)."""
+    topology = Topology(
+        name=f"reads-{uuid.uuid4().hex[:8]}", groups=("g",), partitions=1, prefetch=prefetch
+    )
+    broker = RedisBroker(REDIS_URL, topology)
+    await broker.connect()
+    try:
+        await broker.declare()
+        batches: list[list[int]] = []
+        counts: list[int] = []
+        xreadgroup = broker.client.xreadgroup
+
+        async def counted_xreadgroup(*args: Any, **kwargs: Any) -> Any:
+            counts.append(kwargs["count"])
+            return await xreadgroup(*args, **kwargs)
+
+        broker.client.xreadgroup = counted_xreadgroup  # type: ignore[method-assign]
+
+        class Batches:
+            async def __call__(self, delivery: Delivery) -> None:
+                await self.handle_batch([delivery])
+
+            async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+                batches.append([int(d.headers["tidings-stream-version"]) for d in deliveries])
+
+        consumer = await broker.consume("g", Batches())
+        await eventually(lambda: bool(counts), "the consumer waiting for entries")
+        await broker.publish([probe("s", n) for n in range(1, 101)])  # one script: one wake
+        await eventually(lambda: sum(map(len, batches)) == 100, "the hundred entries handled")
+        await consumer.stop()
+        assert set(counts) == {1}
+        assert [n for batch in batches for n in batch] == list(range(1, 101))
+        assert all(len(batch) <= prefetch for batch in batches)
+        if prefetch > 1:
+            # Woken by the publish, the consumer took the first 64 entries in one batch.
+            assert batches[0] == list(range(1, 65))
+        assert (await client.xpending(broker.stream_key(0), "g"))["pending"] == 0
+    finally:
+        await broker.delete()
+        await broker.close()
