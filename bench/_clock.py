@@ -7,8 +7,10 @@ a run past ``cores / host CPU per event``. Read from ``/proc/stat`` (Linux); ``N
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Cores this host can run processes on: the bound :func:`host_bound` divides.
@@ -72,3 +74,13 @@ def stat_cpu(path: str) -> float | None:
         return None
     # utime and stime: the 14th and 15th fields of proc(5), 12th and 13th after the name.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.0) -> None:
+    """Return once ``condition()`` holds; stop the benchmark (naming ``what``) after ``limit``
+    seconds."""
+    deadline = time.perf_counter() + limit
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"bench stalled: {what}")
+        await asyncio.sleep(0.002)
