@@ -18,12 +18,15 @@ pytest.importorskip("nats")
 
 import nats.errors
 from nats.aio.client import Client as NatsPyClient
+from nats.aio.msg import Msg
 
 from tidings.brokers.nats_client import (
     Client,
     HeaderBlock,
+    JetStreamNumbers,
     TextHeaders,
     header_block,
+    jetstream_numbers,
     parse_header_lines,
 )
 
@@ -122,13 +125,41 @@ def test_a_delivery_takes_text_headers_as_they_are_and_normalizes_others() -> No
 
     from tidings.brokers.nats import _delivery
 
-    metadata = SimpleNamespace(num_delivered=2, sequence=SimpleNamespace(stream=41))
+    numbers = JetStreamNumbers(delivered=2, stream=41, consumer=7)
     text = parse_header_lines(b"a: 1\r\n")
-    ours = _delivery(SimpleNamespace(data=b"x", headers=text, metadata=metadata), 3)
+    ours = _delivery(SimpleNamespace(data=b"x", headers=text), numbers, 3)
     assert ours.headers is text  # no copy made
     # nats-py's own reading (fast_mail_parser installed) or anything else: made str -> str.
-    other = SimpleNamespace(data=None, headers={b"a": b"1", "n": 5}, metadata=metadata)
-    theirs = _delivery(other, 3)
+    other = SimpleNamespace(data=None, headers={b"a": b"1", "n": 5})
+    theirs = _delivery(other, numbers, 3)
     assert theirs.headers == {"a": "1", "n": "5"} and theirs.body == b""
     assert (theirs.partition, theirs.attempt, theirs.broker_id) == (3, 2, "41")
-    assert _delivery(SimpleNamespace(data=b"", headers=None, metadata=metadata), 0).headers == {}
+    assert _delivery(SimpleNamespace(data=b"", headers=None), numbers, 0).headers == {}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.orders.g-0.3.1041.77.1765072531246028000.12",
+        "$JS.ACK.hub.ACCHASH.orders.g-0.3.1041.77.1765072531246028000.12.r4nd0m",
+        "$JS.ACK.hub.ACCHASH.orders.g-0.1.5.5.1765072531246028000.0",  # 11 tokens
+    ],
+)
+def test_jetstream_numbers_read_what_nats_py_metadata_reads(reply: str) -> None:
+    metadata = Msg(_client=None, reply=reply).metadata  # type: ignore[arg-type]
+    numbers = jetstream_numbers(reply)
+    assert numbers == (
+        metadata.num_delivered,
+        metadata.sequence.stream,
+        metadata.sequence.consumer,
+    )
+
+
+@pytest.mark.parametrize(
+    "reply", ["", "_INBOX.x.1", "$JS.ACK.orders", "$JS.NAK.a.b.1.2.3.4.5", "JS.ACK.a.b.1.2.3.4.5"]
+)
+def test_jetstream_numbers_refuse_what_nats_py_metadata_refuses(reply: str) -> None:
+    with pytest.raises(nats.errors.NotJSMessageError):
+        Msg(_client=None, reply=reply).metadata  # type: ignore[arg-type]  # noqa: B018
+    with pytest.raises(nats.errors.NotJSMessageError):
+        jetstream_numbers(reply)

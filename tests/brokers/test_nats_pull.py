@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tidings.brokers.port import Topology
-from tidings.testing.broker_contract import probe
+from tidings.testing.broker_contract import eventually, probe
 
 from .conftest import declared_nats, pulling
 
@@ -36,10 +36,10 @@ async def test_a_status_ends_the_request_and_a_delivery_with_a_status_header_doe
     ended = asyncio.get_running_loop().create_future()
     puller._expecting, puller._ended = 3, ended
     # A published message may carry any header; only the reply subject marks a delivery.
-    await puller._arrived(FakeMessage(reply="$JS.ACK.s.d.1.1.1.0.0", headers={"Status": "404"}))
-    await puller._arrived(FakeMessage(headers={"Status": "100"}))  # a heartbeat
+    puller._arrived(FakeMessage(reply="$JS.ACK.s.d.1.1.1.0.0", headers={"Status": "404"}))
+    puller._arrived(FakeMessage(headers={"Status": "100"}))  # a heartbeat
     assert not ended.done()
-    await puller._arrived(FakeMessage(headers={"Status": "408"}))
+    puller._arrived(FakeMessage(headers={"Status": "408"}))
     assert ended.done()
     assert len(puller._received) == 1
     assert puller._refused is None
@@ -55,9 +55,7 @@ class RefusingClient:
     async def publish(self, subject: str, body: bytes, reply: str = "") -> None:
         self.requests += 1
         refusal = FakeMessage(headers={"Status": "409", "Description": "Consumer Deleted"})
-        asyncio.get_running_loop().call_soon(
-            lambda: asyncio.ensure_future(self.puller._arrived(refusal))
-        )
+        asyncio.get_running_loop().call_soon(lambda: self.puller._arrived(refusal))
 
 
 async def test_a_refusal_ends_the_request_and_fails_the_fetch() -> None:
@@ -80,7 +78,7 @@ async def test_a_late_delivery_waits_for_the_next_fetch() -> None:
 
     puller = Puller(client=None, stream="s", durable="d", batch=3)
     late = FakeMessage(reply="$JS.ACK.s.d.1.1.1.0.0")
-    await puller._arrived(late)  # no request in flight: an answer to one that gave up
+    puller._arrived(late)  # no request in flight: an answer to one that gave up
     assert await puller.fetch(0.1) == [late]  # returned at once, no request sent
 
 
@@ -136,3 +134,51 @@ async def test_a_consumer_that_does_not_exist_gives_nothing_and_no_error(
 ) -> None:
     async with pulling(broker, "no-such-consumer") as puller:
         assert await puller.fetch(0.2) == []
+
+
+async def test_a_direct_subscription_hands_each_message_to_its_function_in_order() -> None:
+    """``Client.subscribe_direct``: messages reach the function as the client reads them, in
+    order, headers read; what it raises goes to the error callback and the next message still
+    comes; after ``unsubscribe()`` nothing does."""
+    from tidings.brokers.nats_client import Client, header_block
+    from tidings.testing.services import NATS_URL, require
+
+    require("nats")
+    client = Client()
+    errors: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        errors.append(exc)
+
+    await client.connect(NATS_URL, error_cb=error_cb)
+    try:
+        subject = f"direct.{uuid.uuid4().hex}"
+        seen: list[tuple[bytes, str | None]] = []
+        tasks: set[asyncio.Task[Any] | None] = set()
+
+        def on_message(message: Any) -> None:
+            tasks.add(asyncio.current_task())
+            seen.append((message.data, (message.headers or {}).get("n")))
+            if message.data == b"raise":
+                raise ValueError("the function failed")
+
+        subscription = await client.subscribe_direct(subject, on_message)
+        for n in range(50):
+            await client.publish(subject, b"%d" % n, headers=header_block({"n": str(n)}))
+        await client.publish(subject, b"raise")
+        await client.publish(subject, b"after")
+        await client.flush()
+        await eventually(lambda: len(seen) == 52, "the 52 messages")
+        assert seen[:50] == [(b"%d" % n, str(n)) for n in range(50)]
+        assert seen[50:] == [(b"raise", None), (b"after", None)]
+        assert [str(e) for e in errors] == ["the function failed"]
+        # Called from the task that reads the connection, not through a subscription's queue.
+        assert tasks == {client._reading_task}
+        await subscription.unsubscribe()
+        assert subscription._id not in client._direct
+        await client.publish(subject, b"too late")
+        await client.flush()
+        await asyncio.sleep(0.1)
+        assert len(seen) == 52
+    finally:
+        await client.close()

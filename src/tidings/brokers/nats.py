@@ -86,7 +86,13 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
         "the NATS adapter needs nats-py: pip install 'tidings[nats]'"
     ) from missing
 
-from tidings.brokers.nats_client import Client, TextHeaders, header_block
+from tidings.brokers.nats_client import (
+    Client,
+    JetStreamNumbers,
+    TextHeaders,
+    header_block,
+    jetstream_numbers,
+)
 
 log = logging.getLogger("tidings.brokers.nats")
 
@@ -523,13 +529,15 @@ class _NatsConsumer:
                 continue
             if not messages:
                 continue  # nothing came within FETCH_WAIT
-            sequences = [message.metadata.sequence.consumer for message in messages]
+            numbers = [jetstream_numbers(message.reply) for message in messages]
+            sequences = [number.consumer for number in numbers]
             in_order = deliveries_in_order(sequences, expected)
             if in_order:
                 # Redeliveries come before new messages, but not always in the stream's order
                 # among themselves (one handed back with a delay after a lost delivery is due
                 # later than the lost one's neighbours): their stream sequence says it.
-                batch = sorted(messages[:in_order], key=_stream_sequence)
+                delivered = zip(messages[:in_order], numbers[:in_order], strict=True)
+                batch = sorted(delivered, key=_stream_sequence)
                 await self._handle_batch(batch, partition)
                 expected = sequences[in_order - 1] + 1
             if in_order < len(messages):
@@ -550,8 +558,11 @@ class _NatsConsumer:
             log.warning("consumer info for %s failed: %r", durable, exc)
             return None
 
-    async def _handle_batch(self, messages: Sequence[Any], partition: int) -> None:
-        deliveries = [_delivery(message, partition) for message in messages]
+    async def _handle_batch(
+        self, batch: Sequence[tuple[Any, JetStreamNumbers]], partition: int
+    ) -> None:
+        messages = [message for message, _ in batch]
+        deliveries = [_delivery(message, numbers, partition) for message, numbers in batch]
         if await self.batches.run(deliveries):
             # One block of acks for the batch (what message.ack() sends, for each message).
             await self._settle(self.broker.client.acknowledge(messages))
@@ -585,7 +596,7 @@ class _NatsConsumer:
             await self._settle(message.nak(delay=topology.redelivery_after))
         # A little past the delayed naks' expiry, so they and the lost one are all due again.
         await self._pause(topology.redelivery_after * 1.2 + 0.1)
-        return int(max(message.metadata.sequence.consumer for message in overtaking))
+        return max(jetstream_numbers(message.reply).consumer for message in overtaking)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the consumer stops."""
@@ -663,22 +674,15 @@ def deliveries_in_order(sequences: Sequence[int], expected: int | None) -> int:
     return len(sequences)
 
 
-def _stream_sequence(message: Any) -> int:
-    return int(message.metadata.sequence.stream)
+def _stream_sequence(delivered: tuple[Any, JetStreamNumbers]) -> int:
+    return delivered[1].stream
 
 
-def _delivery(message: Any, partition: int) -> Delivery:
+def _delivery(message: Any, numbers: JetStreamNumbers, partition: int) -> Delivery:
     headers = message.headers
     if type(headers) is not TextHeaders:
         # Not read by the adapter's client (nats-py's own reading, with fast_mail_parser
         # installed, say): made str -> str here. TextHeaders are that already.
         headers = normalize_headers(headers)
-    metadata = message.metadata
     # Positional (body, headers, partition, attempt, broker_id): one per message consumed.
-    return Delivery(
-        message.data or b"",
-        headers,
-        partition,
-        metadata.num_delivered,
-        str(metadata.sequence.stream),
-    )
+    return Delivery(message.data or b"", headers, partition, numbers.delivered, str(numbers.stream))
