@@ -163,3 +163,54 @@ def test_jetstream_numbers_refuse_what_nats_py_metadata_refuses(reply: str) -> N
         Msg(_client=None, reply=reply).metadata  # type: ignore[arg-type]  # noqa: B018
     with pytest.raises(nats.errors.NotJSMessageError):
         jetstream_numbers(reply)
+
+
+async def test_publish_many_writes_what_publish_writes_for_each_in_one_block() -> None:
+    messages = [
+        (f"orders.p.{n}", f"_INBOX.x.{n}", b"{}" * n, header_block({"n": str(n)}))
+        for n in range(1, 4)
+    ]
+    one_by_one: list[bytes] = []
+    theirs = Client()
+    for subject, reply, payload, headers in messages:
+        theirs._send_command = capture_into(one_by_one)  # type: ignore[method-assign]
+        # As a client knows them once connected (this one never connects: it buffers).
+        theirs._max_payload = theirs._max_pending_size = 1 << 20
+        await theirs.publish(subject, payload, reply=reply, headers=headers)
+    blocks: list[bytes] = []
+    ours = Client()
+    ours._send_command = capture_into(blocks)  # type: ignore[method-assign]
+    ours._max_payload = ours._max_pending_size = 1 << 20
+    await ours.publish_many(messages)
+    assert blocks == [b"".join(one_by_one)]
+    assert ours.stats["out_msgs"] == theirs.stats["out_msgs"] == 3
+    assert ours.stats["out_bytes"] == theirs.stats["out_bytes"] == 12
+
+
+@pytest.mark.parametrize(
+    ("subject", "reply", "payload", "error"),
+    [
+        ("", "_INBOX.x.1", b"{}", nats.errors.BadSubjectError),
+        ("orders.p 1", "_INBOX.x.1", b"{}", nats.errors.BadSubjectError),
+        ("orders.p.1", "_INBOX.x.1\r\nPUB evil 0", b"{}", nats.errors.BadSubjectError),
+        ("orders.p.1", "_INBOX.x.1", b"x" * 101, nats.errors.MaxPayloadError),
+    ],
+)
+async def test_publish_many_sends_nothing_when_one_message_is_refused(
+    subject: str, reply: str, payload: bytes, error: type[Exception]
+) -> None:
+    sent: list[bytes] = []
+    client = Client()
+    client._send_command = capture_into(sent)  # type: ignore[method-assign]
+    client._max_payload, client._max_pending_size = 100, 1 << 20
+    fine = ("orders.p.0", "_INBOX.x.0", b"{}", header_block({"n": "0"}))
+    with pytest.raises(error):
+        await client.publish_many([fine, (subject, reply, payload, header_block({"n": "1"}))])
+    assert sent == [] and client.stats["out_msgs"] == 0
+
+
+def capture_into(sent: list[bytes]) -> Any:
+    async def capture(command: bytes, priority: bool = False) -> None:
+        sent.append(command)
+
+    return capture

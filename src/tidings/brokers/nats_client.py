@@ -16,6 +16,8 @@ And :meth:`Client.acknowledge` acknowledges a batch of JetStream deliveries with
 ``Msg.ack()`` sends for each (an empty message to its reply subject), written as one block
 instead of one ``publish()`` per message.
 
+:meth:`Client.publish_many` does the same for a batch of messages with header blocks.
+
 :meth:`Client.subscribe_direct` hands each message of a subscription straight to a plain
 function, as the client reads it, instead of through nats-py's per-subscription queue and task
 (a queue entry, a wake-up and a coroutine per message); :func:`jetstream_numbers` reads a
@@ -222,6 +224,32 @@ class Client(nats.aio.client.Client):
         await self._send_command(hpub_cmd(subject, reply, headers.block, payload))
         await self._flush_soon()
 
+    async def publish_many(self, messages: Sequence[tuple[str, str, bytes, HeaderBlock]]) -> None:
+        """``await publish(subject, payload, reply=reply, headers=block)`` for each
+        ``(subject, reply, payload, block)`` of ``messages``, sent as one block of commands.
+
+        Checked as ``publish()`` checks each message, all before anything is sent (a closed or
+        draining connection, a subject or reply with whitespace, a payload over the server's
+        limit raise nats-py's own errors): the block goes out whole or not at all.
+        """
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if self.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        commands = []
+        payload_bytes = 0
+        max_payload = self._max_payload
+        for subject, reply, payload, headers in messages:
+            if not subject or _NOT_A_SUBJECT.search(subject) or _NOT_A_SUBJECT.search(reply):
+                raise nats.errors.BadSubjectError
+            if len(payload) > max_payload:
+                raise nats.errors.MaxPayloadError
+            payload_bytes += len(payload)
+            commands.append(hpub_cmd(subject, reply, headers.block, payload))
+        if not commands:
+            return
+        await self._send_block(commands, payload_bytes)
+
     async def acknowledge(self, messages: Sequence[Msg]) -> None:
         """``await message.ack()`` for each of ``messages``, sent as one block of commands.
 
@@ -245,6 +273,12 @@ class Client(nats.aio.client.Client):
             commands.append(pub_cmd(reply, "", b""))
         if not commands:
             return
+        await self._send_block(commands, 0)
+        for message in messages:
+            message._ackd = True
+
+    async def _send_block(self, commands: list[bytes], payload_bytes: int) -> None:
+        """Queue ``commands`` as one write, counted as that many messages, and flush soon."""
         block = b"".join(commands)
         if not self.is_connected and (
             self._max_pending_size <= 0
@@ -252,9 +286,8 @@ class Client(nats.aio.client.Client):
         ):
             raise nats.errors.OutboundBufferLimitError  # as publish() while reconnecting
         self.stats["out_msgs"] += len(commands)
+        self.stats["out_bytes"] += payload_bytes
         await self._send_command(block)
-        for message in messages:
-            message._ackd = True
         await self._flush_soon()
 
     async def _flush_soon(self) -> None:

@@ -4,15 +4,17 @@ A JetStream ``PubAck`` is only a reply to the reply subject a message was publis
 ``publish_async`` spends, for every message, a future, a semaphore wait wrapped in ``wait_for``
 (a task and a timer), a random token and a JSON-decoded ``PubAck`` object: at relay rates that
 was most of the publishing thread's CPU per message. :class:`PublishAcks` does the same work
-with less: one wildcard subscription on a private inbox per connection, reply subjects numbered
-``<inbox>.<n>``, and one future per *batch*, resolved when the last of its acknowledgements has
-arrived or failed by the first refusal. Every message still waits for its own acknowledgement.
+with less: one wildcard subscription on a private inbox per connection, whose messages the
+client hands over as it reads them, reply subjects numbered ``<inbox>.<n>``, a batch written as
+one block of commands (``Client.publish_many``), and one future per *batch*, resolved when the
+last of its acknowledgements has arrived or failed by the first refusal. Every message still
+waits for its own acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,7 +22,7 @@ import msgspec
 from tidings.errors import PublishNotConfirmed
 
 if TYPE_CHECKING:
-    from tidings.brokers.nats_client import HeaderBlock
+    from tidings.brokers.nats_client import Client, HeaderBlock
 
 #: The status JetStream answers with when no stream listens on the subject.
 NO_RESPONDERS = "503"
@@ -37,9 +39,10 @@ class _Batch:
 
 
 class PublishAcks:
-    """Publishes batches on a nats-py client and waits until JetStream acknowledged each message."""
+    """Publishes batches on the adapter's nats-py client (:mod:`~tidings.brokers.nats_client`)
+    and waits until JetStream acknowledged each message."""
 
-    def __init__(self, client: Any, confirm_timeout: float) -> None:
+    def __init__(self, client: Client, confirm_timeout: float) -> None:
         self._client = client
         self.confirm_timeout = confirm_timeout
         self._prefix: str | None = None
@@ -50,14 +53,13 @@ class PublishAcks:
     async def _reply_prefix(self) -> str:
         if self._prefix is None:
             inbox = self._client.new_inbox()
-            # nats-py subscribes again by itself after a reconnection.
-            await self._client.subscribe(f"{inbox}.*", cb=self._received)
+            # nats-py subscribes again by itself after a reconnection. Each acknowledgement is
+            # handed over as the client reads it.
+            await self._client.subscribe_direct(f"{inbox}.*", self._received)
             self._prefix = f"{inbox}."
         return self._prefix
 
-    async def publish(
-        self, outgoing: Sequence[tuple[str, bytes, Mapping[str, str] | HeaderBlock]]
-    ) -> None:
+    async def publish(self, outgoing: Sequence[tuple[str, bytes, HeaderBlock]]) -> None:
         """Send ``(subject, payload, headers)`` messages; return once all are acknowledged.
 
         Raises :class:`PublishNotConfirmed` at the first refusal, :class:`TimeoutError` when an
@@ -69,21 +71,22 @@ class PublishAcks:
         prefix = await self._reply_prefix()
         batch = _Batch(len(outgoing))
         replies: list[str] = []
-        publish = self._client.publish
         try:
+            sending = []
             for subject, payload, headers in outgoing:
                 self._next += 1
                 reply = f"{prefix}{self._next}"
                 self._waiting[reply] = batch
                 replies.append(reply)
-                await publish(subject, payload, reply=reply, headers=headers)
+                sending.append((subject, reply, payload, headers))
+            await self._client.publish_many(sending)  # the batch in one write
             await asyncio.wait_for(batch.done, self.confirm_timeout)
         finally:
             waiting = self._waiting
             for reply in replies:
                 waiting.pop(reply, None)
 
-    async def _received(self, message: Any) -> None:
+    def _received(self, message: Any) -> None:
         batch = self._waiting.pop(message.subject, None)
         if batch is None or batch.done.done():
             return  # a batch that already failed or gave up
