@@ -185,6 +185,47 @@ def test_relay_wakes_in_process_without_polling(store: Store) -> None:
         relay.stop()
 
 
+def test_a_relay_that_caught_up_waits_for_the_next_commit_instead_of_reading_again(
+    store: Store,
+) -> None:
+    """A page shorter than the batch held everything committed when it was read: the relay
+    waits for the next ring (or poll) rather than reading again at once, which would find
+    nothing. A full page is followed by the next read at once."""
+    import time
+
+    config = config_for(
+        store, poll_interval=60.0, min_poll_interval=60.0, listen=False, partitions=1, batch_size=2
+    )
+    relay = Relay(config)
+    reads: list[int] = []
+    read = relay.follower._read
+
+    def counted(start: Any) -> Any:
+        rows = read(start)
+        reads.append(len(rows))
+        return rows
+
+    relay.follower._read = counted  # type: ignore[method-assign]
+    relay.prepare()
+    relay.start()
+    try:
+        _wait_for(lambda: reads == [0])  # nothing yet: waiting for a ring
+        deposit(config, "acc-1", 1, seq=1)
+        _wait_for(lambda: len(effects(store.engine)) == 1)
+        time.sleep(0.2)
+        assert reads == [0, 1]
+        with config.unit_of_work() as uow:
+            account = uow.add(Account(id="acc-2", balance=0, version=0))
+            for seq in (2, 3, 4):
+                account.deposit(1, seq)
+            uow.commit()
+        _wait_for(lambda: len(effects(store.engine)) == 4)
+        time.sleep(0.2)
+        assert sorted(reads[2:]) == [1, 2]  # a full page, then the rest at once
+    finally:
+        relay.stop()
+
+
 def _wait_for(condition: Any, seconds: float = 30.0) -> None:
     import time
 
@@ -743,6 +784,20 @@ async def test_asyncio_units_of_work_write_the_outbox_and_ring_the_doorbell(stor
     assert config.doorbell.wait(0)  # rung by the after-commit hook
     deliver(config)
     assert [e.seq for e in effects(store.engine)] == [1]
+
+
+def test_only_a_commit_that_wrote_outbox_rows_rings_the_doorbell(store: Store) -> None:
+    """A relay's own transactions (checkpoint moves) write no outbox row: a ring from them
+    would wake it to read a page it knows is empty."""
+    config = config_for(store)
+    with config.unit_of_work() as uow:
+        uow.commit()
+    assert not config.doorbell.wait(0)
+    deposit(config, "acc-1", 1, seq=1)
+    assert config.doorbell.wait(0)
+    deliver(config)  # moves the checkpoint in a unit of work of the same configuration
+    assert [e.seq for e in effects(store.engine)] == [1]
+    assert not config.doorbell.wait(0)
 
 
 def test_follows_any_log_table_with_the_shared_columns(store: Store) -> None:

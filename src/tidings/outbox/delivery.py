@@ -161,6 +161,11 @@ class Follower:
         #: Per (subscriber, partition): the page after the one being handled, being read (and
         #: the checkpoint it is read after).
         self._ahead: dict[tuple[str, int], tuple[Checkpoint, Future[_Page]]] = {}
+        #: Rows of the page :meth:`process` last read (0: it read none).
+        self._page_rows = 0
+        #: Set by :meth:`process` when a partition may have rows due beyond what it moved past
+        #: (its page was full, or handled only in part); the relay clears it before each step.
+        self.more_waiting = False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -298,13 +303,18 @@ class Follower:
 
     def process(self, subscriber: Subscriber, partition: int) -> int:
         """Deliver what is due in one partition; returns how many rows it moved past."""
+        self._page_rows = 0
         try:
-            return self._process(subscriber, partition)
+            moved = self._process(subscriber, partition)
         except BaseException:
             # Whatever happened, the committed checkpoint is the truth: read it next time.
             self.positions.pop((subscriber.name, partition), None)
             self._ahead.pop((subscriber.name, partition), None)
             raise
+        if self._page_rows == self.config.batch_size or moved < self._page_rows:
+            # A full page (more rows may follow it) or one left part done: not caught up.
+            self.more_waiting = True
+        return moved
 
     def forget_positions(self) -> None:
         """Re-read checkpoints and delayed retries from the database (after lease changes)."""
@@ -423,6 +433,7 @@ class Follower:
                 index, item = work[0]
                 self._deliver_alone(subscriber, partition, start, item, retry)
                 return index + 1
+        self._page_rows = len(rows)
         if self._reads_ahead and len(rows) == self.config.batch_size:
             # A full page: more is likely waiting. Read it while this one is handled; it is
             # used only if this page's checkpoint move commits (the next read starts there).

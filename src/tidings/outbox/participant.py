@@ -55,6 +55,11 @@ class Doorbell:
     def ring(self) -> None:
         self._event.set()
 
+    def clear(self) -> None:
+        """Forget rings so far: called just before a read of the log, which sees every row
+        they announced (a ring comes after its commit)."""
+        self._event.clear()
+
     def wait(self, timeout: float) -> bool:
         """Wait until rung or ``timeout`` seconds pass; True if rung (and then reset).
 
@@ -263,11 +268,13 @@ class OutboxParticipant:
         return None
 
     def after_commit(self, batch: CommitBatch) -> None:
+        if not any(self.wanted(envelope) for envelope in batch.envelopes):
+            # Wrote no row (a relay's own checkpoint move, say): nothing to announce. A ring
+            # here woke the relay that had just committed into reading an empty page.
+            return
         if self.doorbell is not None:
             self.doorbell.ring()
-        if isinstance(self.notify, PostCommitNotifier) and any(
-            self.wanted(envelope) for envelope in batch.envelopes
-        ):
+        if isinstance(self.notify, PostCommitNotifier):
             self.notify.notify(notify_channel(self.table))
 
 

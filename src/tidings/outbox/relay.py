@@ -105,6 +105,7 @@ class Relay:
             self.leases.refresh(self.subscriber_names(), self.config.partitions)
             self.follower.forget_positions()
         moved = 0
+        self.follower.more_waiting = False
         for subscriber in self.subscribers:
             for partition in sorted(self.leases.held.get(subscriber.name, ())):
                 try:
@@ -173,7 +174,11 @@ class Relay:
             self._listener.start()
         idle = self.config.min_poll_interval
         try:
+            doorbell = self.config.doorbell
             while not self._stop.is_set():
+                # Rings so far are answered by this step's reads (a ring follows its commit),
+                # so a ring that stays set after it means rows it could not see.
+                doorbell.clear()
                 try:
                     moved = self.step()
                 except Exception:
@@ -186,14 +191,20 @@ class Relay:
                     # background.
                     self._upkeep = _Upkeep(self, self._stop)
                     self._upkeep.start()
+                if self._stop.is_set():
+                    break  # its ring may have been cleared before the step (stop() sets first)
                 if moved:
                     idle = self.config.min_poll_interval
-                    continue
+                    if self.follower.more_waiting:
+                        continue
+                    # Caught up: reading again at once would find nothing (it did, once per
+                    # commit, when the relay keeps up with its writers). Wait for the next
+                    # ring, or the shortest poll.
                 wait = idle
                 retry_in = self.next_retry_in()
                 if retry_in is not None:
                     wait = min(wait, retry_in)
-                if self.config.doorbell.wait(wait):
+                if doorbell.wait(wait):
                     # Something committed. If the next read finds nothing, the row is behind
                     # the fence (an older transaction is still open): look again soon, backing
                     # off, rather than sleeping until the next notification or poll.
