@@ -12,7 +12,8 @@ processes every held (subscriber, partition) once (:mod:`tidings.outbox.delivery
 the retention policy when due. A running relay (:meth:`Relay.run`) does the lease refresh and the
 retention in a thread of their own instead, and adopts the refreshed leases between two steps:
 they take several transactions, and on a busy machine tens of milliseconds that every event
-committed meanwhile would wait for. When a step finds nothing to do the relay waits:
+committed meanwhile would wait for. When a step finds nothing to do, or only pages shorter than
+the batch (it has read everything committed before it), the relay waits:
 
 * for the in-process :class:`~tidings.outbox.participant.Doorbell`, rung by writers' units of
   work right after they commit;
