@@ -44,7 +44,24 @@ class RawClient(Protocol):
     async def close(self, *, delete: bool) -> None: ...
 
 
-class RawRabbitMQ:
+class _Consuming:
+    """What the clients share: the count of messages consumed so far and the task consuming
+    them (where the driver does not call back)."""
+
+    name = ""
+    count = 0
+    consumer: asyncio.Task[None] | None = None
+
+    async def received(self, count: int) -> None:
+        await wait_for(lambda: self.count >= count, f"{type(self).__name__} consumer")
+
+    async def stop_consuming(self) -> None:
+        if self.consumer is not None:
+            self.consumer.cancel()
+            await asyncio.gather(self.consumer, return_exceptions=True)
+
+
+class RawRabbitMQ(_Consuming):
     async def open(self, name: str, *, declare: bool) -> None:
         import aio_pika
 
@@ -77,16 +94,13 @@ class RawRabbitMQ:
                 )
             )
 
-    async def received(self, count: int) -> None:
-        await wait_for(lambda: self.count >= count, "raw RabbitMQ consumer")
-
     async def close(self, *, delete: bool) -> None:
         if delete:
             await self.queue.delete(if_unused=False, if_empty=False)
         await self.connection.close()
 
 
-class RawNats:
+class RawNats(_Consuming):
     async def open(self, name: str, *, declare: bool) -> None:
         import nats
 
@@ -122,20 +136,14 @@ class RawNats:
             ]
             await asyncio.gather(*futures)
 
-    async def received(self, count: int) -> None:
-        await wait_for(lambda: self.count >= count, "raw NATS consumer")
-
     async def close(self, *, delete: bool) -> None:
-        consumer = getattr(self, "consumer", None)
-        if consumer is not None:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+        await self.stop_consuming()
         if delete:
             await self.js.delete_stream(self.name)
         await self.client.close()
 
 
-class RawRedis:
+class RawRedis(_Consuming):
     async def open(self, name: str, *, declare: bool) -> None:
         import redis.asyncio as aioredis
 
@@ -167,14 +175,8 @@ class RawRedis:
                 pipeline.xadd(self.name, {b"body": PAYLOAD})
             await pipeline.execute()
 
-    async def received(self, count: int) -> None:
-        await wait_for(lambda: self.count >= count, "raw Redis consumer")
-
     async def close(self, *, delete: bool) -> None:
-        consumer = getattr(self, "consumer", None)
-        if consumer is not None:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+        await self.stop_consuming()
         if delete:
             await self.client.delete(self.name)
         await self.client.aclose()

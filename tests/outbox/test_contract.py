@@ -226,6 +226,46 @@ def test_a_relay_that_caught_up_waits_for_the_next_commit_instead_of_reading_aga
         relay.stop()
 
 
+def test_a_running_relay_goes_on_with_the_page_after_a_delayed_retry(store: Store) -> None:
+    """An event delivered alone once its delayed retry is due leaves the rest of its page due
+    now: the relay reads on at once, not at the next ring or poll."""
+    failures: list[int] = []
+    handlers = Handlers()
+    record = record_effect("ledger")
+
+    def fails_once(deposited: Deposited, ctx: HandlerContext) -> None:
+        if deposited.seq == 1 and not failures:
+            failures.append(ctx.attempt)
+            raise ConnectionError("down once")
+        record(deposited, ctx)
+
+    handlers.add(Deposited, fails_once, when=Timing.AFTER_COMMIT, name="ledger")
+    policy = RetryPolicy(immediate=0, delayed=2, base_delay=0.05, max_delay=0.05, seed=1)
+    config = config_for(
+        store,
+        handlers,
+        partitions=1,
+        default_policy=SubscriberPolicy(policy),
+        poll_interval=60.0,
+        min_poll_interval=60.0,
+        listen=False,
+    )
+    relay = Relay(config)
+    relay.prepare()
+    relay.start()
+    try:
+        with config.unit_of_work() as uow:
+            account = uow.add(Account(id="acc-1", balance=0, version=0))
+            for seq in (1, 2, 3):
+                account.deposit(1, seq)
+            uow.commit()
+        _wait_for(lambda: len(effects(store.engine)) == 3, seconds=10)
+        assert [e.seq for e in effects(store.engine)] == [1, 2, 3]
+        assert failures == [1]
+    finally:
+        relay.stop()
+
+
 def _wait_for(condition: Any, seconds: float = 30.0) -> None:
     import time
 

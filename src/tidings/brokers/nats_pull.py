@@ -4,9 +4,9 @@ nats-py's ``PullSubscription.fetch`` takes each message of a batch with ``next_m
 task, a ``wait_for`` timer and a random UUID per message: in ``bench/brokers.py`` that was about
 an eighth of the NATS consumer's CPU per event. :class:`Puller` makes the same requests on the
 JetStream API (``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>``, replies to a private inbox) and
-collects the answers in a callback, which costs a list append per message; on the adapter's
-client (:class:`~tidings.brokers.nats_client.Client`) that callback is called as each answer is
-read (``subscribe_direct``), without nats-py's queue between them.
+collects the answers in a callback, which costs a list append per message, called as the
+adapter's client (:class:`~tidings.brokers.nats_client.Client`) reads each answer
+(``subscribe_direct``), without nats-py's queue between them.
 
 A fetch asks for whatever the consumer has *now* (``no_wait``: the server sends up to ``batch``
 messages, then a status saying there are no more). Only when that brings nothing does it wait, up
@@ -64,11 +64,7 @@ class Puller:
         if self._subscription is None:
             self._inbox = self._client.new_inbox()
             # nats-py subscribes again by itself after a reconnection.
-            subscribe_direct = getattr(self._client, "subscribe_direct", None)
-            if subscribe_direct is not None:
-                self._subscription = await subscribe_direct(self._inbox, self._arrived)
-            else:
-                self._subscription = await self._client.subscribe(self._inbox, cb=self._queued)
+            self._subscription = await self._client.subscribe_direct(self._inbox, self._arrived)
 
     async def stop(self) -> None:
         subscription, self._subscription = self._subscription, None
@@ -119,9 +115,6 @@ class Puller:
         finally:
             self._ended = None
         return True
-
-    async def _queued(self, message: Any) -> None:
-        self._arrived(message)
 
     def _arrived(self, message: Any) -> None:
         if message.reply:

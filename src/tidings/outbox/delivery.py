@@ -424,6 +424,7 @@ class Follower:
         rows, work = page.rows, page.work
         if not rows:
             return 0
+        self._page_rows = len(rows)
         last = Checkpoint(int(rows[-1][_TX]), int(rows[-1][_POSITION]))
         if retry is not None:
             if not work or work[0][1].event_id != retry.event_id:
@@ -433,7 +434,6 @@ class Follower:
                 index, item = work[0]
                 self._deliver_alone(subscriber, partition, start, item, retry)
                 return index + 1
-        self._page_rows = len(rows)
         if self._reads_ahead and len(rows) == self.config.batch_size:
             # A full page: more is likely waiting. Read it while this one is handled; it is
             # used only if this page's checkpoint move commits (the next read starts there).
