@@ -100,6 +100,23 @@ def record_effect(name: str) -> Callable[[Deposited, HandlerContext], None]:
     return handle
 
 
+def failing_once(
+    name: str, seq: int
+) -> tuple[Callable[[Deposited, HandlerContext], None], list[int]]:
+    """:func:`record_effect`'s handler, except that deposit ``seq`` fails its first attempt (a
+    transient fault); the list gets the number of the attempt that failed."""
+    record = record_effect(name)
+    failed: list[int] = []
+
+    def handle(deposited: Deposited, ctx: HandlerContext) -> None:
+        if deposited.seq == seq and not failed:
+            failed.append(ctx.attempt)
+            raise ConnectionError(f"{deposited.account} #{seq}: down once")
+        record(deposited, ctx)
+
+    return handle, failed
+
+
 def ledger_handlers(*names: str) -> Handlers:
     handlers = Handlers()
     for name in names or ("ledger",):

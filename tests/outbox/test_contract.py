@@ -36,6 +36,7 @@ from .app import (
     Noted,
     deposit,
     effects,
+    failing_once,
     ledger_handlers,
     record_effect,
 )
@@ -229,16 +230,8 @@ def test_a_relay_that_caught_up_waits_for_the_next_commit_instead_of_reading_aga
 def test_a_running_relay_goes_on_with_the_page_after_a_delayed_retry(store: Store) -> None:
     """An event delivered alone once its delayed retry is due leaves the rest of its page due
     now: the relay reads on at once, not at the next ring or poll."""
-    failures: list[int] = []
     handlers = Handlers()
-    record = record_effect("ledger")
-
-    def fails_once(deposited: Deposited, ctx: HandlerContext) -> None:
-        if deposited.seq == 1 and not failures:
-            failures.append(ctx.attempt)
-            raise ConnectionError("down once")
-        record(deposited, ctx)
-
+    fails_once, failures = failing_once("ledger", seq=1)
     handlers.add(Deposited, fails_once, when=Timing.AFTER_COMMIT, name="ledger")
     policy = RetryPolicy(immediate=0, delayed=2, base_delay=0.05, max_delay=0.05, seed=1)
     config = config_for(

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from tidings import HandlerContext, Handlers, Timing
+from tidings import Handlers, Timing
 from tidings.outbox import Relay, RelayConfig, RetryPolicy, SubscriberPolicy
 from tidings.outbox.delivery import Follower
 
-from .app import Deposited, deposit, effects, ledger_handlers, record_effect
+from .app import Deposited, deposit, effects, failing_once, ledger_handlers
 from .conftest import Store
 from .test_contract import FakeClock, per_stream_versions
 
@@ -91,15 +91,7 @@ def test_a_page_read_ahead_of_an_uncommitted_checkpoint_is_not_used(store: Store
     and the page read ahead from the end of its page must not be delivered in its place."""
     clock = FakeClock()
     handlers = Handlers()
-    book = record_effect("ledger")
-    failed: list[int] = []
-
-    def flaky(deposited: Deposited, ctx: HandlerContext) -> None:
-        if deposited.seq == 2 and not failed:
-            failed.append(ctx.attempt)
-            raise ConnectionError("flaky")
-        book(deposited, ctx)
-
+    flaky, _ = failing_once("ledger", seq=2)
     handlers.add(Deposited, flaky, when=Timing.AFTER_COMMIT, name="ledger")
     # Due within a second: before the relay's next lease refresh, which would forget the read
     # ahead anyway.
