@@ -51,18 +51,14 @@ def main(argv: list[str] | None = None) -> int:
 
         uvicorn.run(create_api(app, run_relays=not args.no_relays), host=args.host, port=args.port)
         return 0
-    import signal
-    import time
+    from tidings.cli.signals import StopSignals
 
-    # A signal handler runs between two bytecodes of the main thread, whatever that thread
-    # holds then: it only records the signal (setting an Event takes a lock, which the main
-    # thread could be holding inside its own wait), and the main thread looks for it.
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, _frame: received.append(number))
+    # The handler only records the signal (one that took a lock, as setting an Event does,
+    # could deadlock on its own thread); this thread waits for it, then stops the app.
+    signals = StopSignals()
+    signals.install()
     app.start()
-    while not received:
-        time.sleep(0.1)
+    signals.wait()
     app.stop()
     return 0
 

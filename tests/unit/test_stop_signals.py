@@ -49,3 +49,9 @@ def test_wait_returns_when_the_worker_ends_without_a_signal(signals: StopSignals
     worker.start()
     signals.wait(worker)
     assert signals.received == []
+
+
+def test_wait_without_a_worker_returns_once_a_signal_is_recorded(signals: StopSignals) -> None:
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    signals.wait()
+    assert signals.received == [signal.SIGTERM]

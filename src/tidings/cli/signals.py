@@ -34,7 +34,8 @@ class StopSignals:
     def record(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signum)
 
-    def wait(self, worker: threading.Thread) -> None:
-        """Return once a signal was recorded, or ``worker`` ended (it then needs no stopping)."""
-        while not self.received and worker.is_alive():
+    def wait(self, worker: threading.Thread | None = None) -> None:
+        """Return once a signal was recorded, or ``worker`` (if given) ended: it then needs no
+        stopping."""
+        while not self.received and (worker is None or worker.is_alive()):
             time.sleep(POLL)
