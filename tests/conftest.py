@@ -86,7 +86,8 @@ def _drop_all_tables(engine: Engine, schema: str) -> None:
             text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
         ).scalars()
         for name in list(names):
-            conn.execute(text(f'DROP TABLE IF EXISTS "{schema}"."{name}" CASCADE'))
+            quoted = name.replace('"', '""')  # tests may name tables with quotes in them
+            conn.execute(text(f'DROP TABLE IF EXISTS "{schema}"."{quoted}" CASCADE'))
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ def _after_commit() -> object:
     return Timing.AFTER_COMMIT
 
 
-def test_each_commit_notifies_listeners_on_postgres(pg_engine: Engine) -> None:
+def test_each_commit_notifies_listeners_on_postgres(pg_engine: Engine, pg_schema: str) -> None:
     """The NOTIFY itself, seen by a separate listening connection (as a relay process's is)."""
     import psycopg
 
@@ -117,12 +117,12 @@ def test_each_commit_notifies_listeners_on_postgres(pg_engine: Engine) -> None:
     default_schema.create_all(pg_engine)
     listener = psycopg.connect(POSTGRES_URL.replace("postgresql+psycopg", "postgresql"))
     listener.autocommit = True
-    listener.execute(f'LISTEN "{notify_channel(default_schema.events)}"')
+    channel = notify_channel(default_schema.events, pg_schema)
+    listener.execute(f'LISTEN "{channel}"')
     uow = SqlUnitOfWork(
         pg_engine,
         participants=[EventStoreParticipant(), LogNotifier(pg_engine, default_schema.events)],
     )
-    channel = notify_channel(default_schema.events)
     try:
         for n in range(3):
             with uow:
@@ -140,6 +140,7 @@ def test_each_commit_notifies_listeners_on_postgres(pg_engine: Engine) -> None:
 
 def test_the_outbox_notifies_after_commit_and_survives_a_lost_connection(
     pg_engine: Engine,
+    pg_schema: str,
 ) -> None:
     import psycopg
 
@@ -155,7 +156,7 @@ def test_the_outbox_notifies_after_commit_and_survives_a_lost_connection(
     dsn = POSTGRES_URL.replace("postgresql+psycopg", "postgresql")
     listener = psycopg.connect(dsn, autocommit=True)
     admin = psycopg.connect(dsn, autocommit=True)
-    channel = notify_channel(outbox_tables.outbox)
+    channel = notify_channel(outbox_tables.outbox, pg_schema)
     listener.execute(f'LISTEN "{channel}"')
 
     def commit_one(n: int) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 from sqlalchemy import event as sql_event
 from sqlalchemy.orm import sessionmaker
 
@@ -116,7 +116,7 @@ def test_timeouts_send_their_commands_through_the_outbox(engine: Engine) -> None
 
 
 def test_saga_commands_wake_listening_relays_after_the_commit(
-    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    pg_engine: Engine, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
     from sqlalchemy import func, select
@@ -129,18 +129,18 @@ def test_saga_commands_wake_listening_relays_after_the_commit(
     clock = FakeClock()
     config, received = build(pg_engine, clock)
     commit(config, OrderConfirmed("o-1", ("a",)), StockReserved("o-1", "a"))
-    channel = notify_channel(outbox_tables.outbox)
+    channel = notify_channel(outbox_tables.outbox, pg_schema)
     outbox = outbox_tables.outbox
     saga_rows = select(func.count()).where(outbox.c.stream_id.startswith("saga:"))
     committed_when_notified: list[int] = []
-    send = PostCommitNotifier.notify
+    send = PostCommitNotifier.notify_log
 
-    def notify(self: PostCommitNotifier, requested: str) -> None:
+    def notify_log(self: PostCommitNotifier, requested: Table) -> None:
         with pg_engine.connect() as other:  # what another connection sees: only committed rows
             committed_when_notified.append(int(other.execute(saga_rows).scalar_one()))
         send(self, requested)
 
-    monkeypatch.setattr(PostCommitNotifier, "notify", notify)
+    monkeypatch.setattr(PostCommitNotifier, "notify_log", notify_log)
     statements: list[str] = []
 
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:

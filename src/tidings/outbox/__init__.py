@@ -34,6 +34,7 @@ from tidings.outbox.participant import (
     LogNotifier,
     OutboxParticipant,
     PostCommitNotifier,
+    listen_channel,
     notify_channel,
 )
 from tidings.outbox.relay import Relay
@@ -66,6 +67,7 @@ __all__ = [
     "create_tables",
     "delivery_id",
     "event_columns",
+    "listen_channel",
     "log_table",
     "metadata",
     "notify_channel",

@@ -22,13 +22,14 @@ Waking the relay without waiting for its next poll:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
@@ -72,17 +73,74 @@ class Doorbell:
         return rung
 
 
-def notify_channel(log: Table) -> str:
-    """The LISTEN/NOTIFY channel announcing new rows in ``log``."""
-    return f"tidings_{log.name}"[:63]
+#: A channel is an identifier: at most 63 bytes, ``tidings_`` included.
+_CHANNEL_KEY_BYTES = 63 - len("tidings_")
+
+
+def notify_channel(log: Table, schema: str | None = None) -> str:
+    """The LISTEN/NOTIFY channel announcing new rows in ``log``: ``tidings_<schema>.<table>``.
+
+    ``schema`` is the log's own (``log.schema``) or, for a log named without one, the schema
+    its name resolves to through ``search_path``: writers and relays find it on the server
+    (:func:`listen_channel`), so that services sharing a database, each with an outbox of the
+    same name in a schema of its own, do not wake each other's relays. With neither (the
+    table did not exist when asked), ``tidings_<table>``. A key too long for a channel is
+    replaced by its MD5 (not for secrecy: PostgreSQL's ``md5()`` gives the same).
+    """
+    schema = log.schema or schema
+    key = f"{schema}.{log.name}" if schema else log.name
+    if len(key.encode()) > _CHANNEL_KEY_BYTES:
+        key = hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()
+    return f"tidings_{key}"
+
+
+def _channel_sql(quoted_name: str, name: str) -> str:
+    """SQL computing :func:`notify_channel` for a log named without a schema, on the server,
+    where ``search_path`` is known; ``quoted_name`` and ``name`` are the placeholders of the
+    log's name, quoted and bare."""
+    schema = (
+        "(SELECT n.nspname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE c.oid = pg_catalog.to_regclass({quoted_name}))"
+    )
+    return (
+        f"(SELECT CASE WHEN octet_length(k) <= {_CHANNEL_KEY_BYTES} THEN 'tidings_' || k"
+        " ELSE 'tidings_' || md5(k) END"
+        f" FROM (SELECT coalesce({schema} || '.', '') || {name} AS k) AS channel_key)"
+    )
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def listen_channel(connection: Any, log: Table) -> tuple[str, bool]:
+    """The channel writers announce ``log``'s new rows on, as seen from ``connection`` (a
+    psycopg connection), and whether the log was found there: until it exists, writers
+    announce on ``tidings_<table>``, and once it does, on its schema's channel."""
+    if log.schema is not None:
+        return notify_channel(log), True
+    row = connection.execute(
+        f"SELECT {_channel_sql('%(q)s', '%(n)s')}, pg_catalog.to_regclass(%(q)s) IS NOT NULL",
+        {"q": quote_identifier(log.name), "n": log.name},
+    ).fetchone()
+    return str(row[0]), bool(row[1])
+
+
+class _LogName(NamedTuple):
+    """A notification asked for by log name: its channel is resolved when it is sent."""
+
+    name: str
 
 
 class PostCommitNotifier:
     """Sends ``NOTIFY`` on PostgreSQL for writes that already committed, from a background
     thread on a connection of its own (see the module docstring for why).
 
-    :meth:`notify` only records the channel and wakes the thread, so a writer never waits for
-    it; channels requested while a notification is being sent go out together next. The
+    :meth:`notify` and :meth:`notify_log` only record the request and wake the thread, so a
+    writer never waits for it; requests made while a notification is being sent go out
+    together next. The
     connection is opened on first use, reopened after an error (the relay's polling covers a
     lost notification), and closed when idle. One notifier per engine.
     """
@@ -95,7 +153,7 @@ class PostCommitNotifier:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._pending: set[str] = set()
+        self._pending: set[str | _LogName] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,8 +167,16 @@ class PostCommitNotifier:
             return found
 
     def notify(self, channel: str) -> None:
+        """Announce on ``channel``."""
+        self._request(channel)
+
+    def notify_log(self, log: Table) -> None:
+        """Announce new rows in ``log`` on its :func:`notify_channel`."""
+        self._request(_LogName(log.name) if log.schema is None else notify_channel(log))
+
+    def _request(self, target: str | _LogName) -> None:
         with self._lock:
-            self._pending.add(channel)
+            self._pending.add(target)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="tidings-notify", daemon=True
@@ -118,7 +184,7 @@ class PostCommitNotifier:
                 self._thread.start()
         self._wake.set()
 
-    def _take(self) -> set[str]:
+    def _take(self) -> set[str | _LogName]:
         with self._lock:
             channels, self._pending = self._pending, set()
             return channels
@@ -155,8 +221,8 @@ class PostCommitNotifier:
                             self._thread = None  # the next notify() starts a new one
                             return
                 self._wake.clear()
-                channels = self._take()
-                if not channels:
+                targets = self._take()
+                if not targets:
                     continue
                 try:
                     if raw is None:
@@ -165,11 +231,7 @@ class PostCommitNotifier:
                     try:
                         # One statement, one round trip: in autocommit it is its own
                         # transaction, and the notifications go out when it ends.
-                        cursor.execute(
-                            "SELECT "
-                            + ", ".join(f"pg_notify(%(c{n})s, '')" for n in range(len(channels))),
-                            {f"c{n}": channel for n, channel in enumerate(sorted(channels))},
-                        )
+                        cursor.execute(*_notify_all(targets))
                     finally:
                         cursor.close()
                     failing = False
@@ -191,6 +253,20 @@ class PostCommitNotifier:
                     raw.close()
 
 
+def _notify_all(targets: set[str | _LogName]) -> tuple[str, dict[str, str]]:
+    """One ``SELECT pg_notify(...), ...`` for every target, and its parameters."""
+    calls = []
+    params = {}
+    for n, target in enumerate(sorted(targets, key=lambda t: (type(t).__name__, t))):
+        if isinstance(target, _LogName):
+            calls.append(f"pg_notify({_channel_sql(f'%(q{n})s', f'%(n{n})s')}, '')")
+            params[f"q{n}"], params[f"n{n}"] = quote_identifier(target.name), target.name
+        else:
+            calls.append(f"pg_notify(%(c{n})s, '')")
+            params[f"c{n}"] = target
+    return "SELECT " + ", ".join(calls), params
+
+
 _inserts: weakref.WeakKeyDictionary[Table, Executable] = weakref.WeakKeyDictionary()
 
 
@@ -207,7 +283,11 @@ def _insert_into(table: Table) -> Executable:
 def notify_statement(log: Table) -> Executable:
     """``pg_notify`` on ``log``'s channel: run it in the writing transaction, and PostgreSQL
     delivers the notification if, and when, that transaction commits."""
-    return select(func.pg_notify(notify_channel(log), ""))
+    if log.schema is not None:
+        return select(func.pg_notify(notify_channel(log), ""))
+    return text(f"SELECT pg_notify({_channel_sql(':quoted', ':name')}, '')").bindparams(
+        quoted=quote_identifier(log.name), name=log.name
+    )
 
 
 class OutboxParticipant:
@@ -275,7 +355,7 @@ class OutboxParticipant:
         if self.doorbell is not None:
             self.doorbell.ring()
         if isinstance(self.notify, PostCommitNotifier):
-            self.notify.notify(notify_channel(self.table))
+            self.notify.notify_log(self.table)
 
 
 class LogNotifier:
@@ -303,4 +383,4 @@ class LogNotifier:
             if self.doorbell is not None:
                 self.doorbell.ring()
             if self.notifier is not None:
-                self.notifier.notify(notify_channel(self.log))
+                self.notifier.notify_log(self.log)

@@ -39,12 +39,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from tidings.outbox.config import RelayConfig
 from tidings.outbox.delivery import Follower, LostPartition
 from tidings.outbox.leases import Leases
 from tidings.outbox.maintenance import purge_delivered
-from tidings.outbox.participant import notify_channel
+from tidings.outbox.participant import listen_channel, quote_identifier
 from tidings.outbox.subscribers import Subscriber, build_subscribers, ensure_checkpoints
 
 logger = logging.getLogger("tidings.outbox")
@@ -292,22 +293,30 @@ class _Listener(threading.Thread):
         self.stop_event = stop
 
     def run(self) -> None:
-        channel = notify_channel(self.config.log)
+        log = self.config.log
         while not self.stop_event.is_set():
             try:
                 raw = self.config.engine.raw_connection()
-                connection = raw.driver_connection
+                connection: Any = raw.driver_connection  # psycopg's: LISTEN needs its API
                 # Detached: the connection is closed for real afterwards, never handed back to
                 # the pool in autocommit/listening state.
                 raw.detach()
                 try:
-                    connection.autocommit = True  # type: ignore[union-attr]
-                    connection.execute(f'LISTEN "{channel}"')  # type: ignore[union-attr]
+                    connection.autocommit = True
+                    channel, found = listen_channel(connection, log)
+                    connection.execute(f"LISTEN {quote_identifier(channel)}")
                     # Anything committed while we were not listening is found by the next poll.
                     self.config.doorbell.ring()
                     while not self.stop_event.is_set():
-                        for _ in connection.notifies(timeout=0.5):  # type: ignore[union-attr]
+                        for _ in connection.notifies(timeout=0.5):
                             self.config.doorbell.ring()
+                        if not found:
+                            # Started before its log was created: once it is, writers announce
+                            # on the channel of the schema it is in.
+                            channel, found = listen_channel(connection, log)
+                            if found:
+                                connection.execute(f"LISTEN {quote_identifier(channel)}")
+                                self.config.doorbell.ring()
                 finally:
                     raw.close()
             except Exception:

@@ -27,7 +27,7 @@ from tidings.core.events import spec_of
 from tidings.core.ids import uuid7
 from tidings.errors import ConfigurationError
 from tidings.outbox import tables as outbox_tables
-from tidings.outbox.participant import PostCommitNotifier, notify_channel
+from tidings.outbox.participant import PostCommitNotifier
 from tidings.sagas.definition import Saga
 from tidings.sagas.sql import CommandSink, SqlSagaStore
 
@@ -89,8 +89,8 @@ class OutboxCommands:
             # session sends a spurious hint, which costs a relay one empty read).
             engine = bind if isinstance(bind, Engine) else bind.engine
             notifier = PostCommitNotifier.for_engine(engine)
-            channel = notify_channel(self.table)
-            event.listen(session, "after_commit", lambda _: notifier.notify(channel), once=True)
+            table = self.table
+            event.listen(session, "after_commit", lambda _: notifier.notify_log(table), once=True)
 
 
 def register_saga(
