@@ -25,8 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
 
+# pyproject's [tool.mypy] files (the library), then the benchmarks: scripts, not a package, so
+# mypy takes bench/ as their base directory and `import _raw` resolves as when they run.
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(if $(wildcard bench),$(BIN)/mypy bench)
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -24,12 +24,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import psycopg
 
 from _clock import Lap, Stopwatch
+
+if TYPE_CHECKING:  # types only: the clients are imported where used (a run needs one)
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractConnection,
+        AbstractIncomingMessage,
+        AbstractQueue,
+        ConsumerTag,
+    )
+    from nats.aio.client import Client as NatsClient
+    from nats.js import JetStreamContext
+    from redis.asyncio import Redis
 
 BATCH = 100
 PAGE = 1000
@@ -73,7 +85,7 @@ class Pipe(Protocol):
     async def publish(self, bodies: list[bytes]) -> None:
         """Return once the broker confirmed every body."""
 
-    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[None]]]:
+    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[object]]]:
         """Wait for a batch of bodies; the callable acknowledges all of them."""
 
     async def close(self) -> None: ...
@@ -146,6 +158,13 @@ async def run(pipe: Pipe, dsn: str, schema: str, count: int, wait_limit: float =
 class RabbitPipe:
     """aio-pika with publisher confirms, one durable queue, prefetch 256, ``ack(multiple)``."""
 
+    connection: AbstractConnection
+    channel: AbstractChannel
+    name: str
+    queue: AbstractQueue
+    consumer_tag: ConsumerTag
+    received: asyncio.Queue[AbstractIncomingMessage]
+
     @classmethod
     async def open(cls, url: str) -> RabbitPipe:
         import aio_pika
@@ -156,8 +175,8 @@ class RabbitPipe:
         self.channel = await self.connection.channel(publisher_confirms=True)
         await self.channel.set_qos(prefetch_count=256)
         self.queue = await self.channel.declare_queue(self.name, durable=True)
-        self.received: asyncio.Queue[Any] = asyncio.Queue()
-        await self.queue.consume(self.received.put)
+        self.received = asyncio.Queue()
+        self.consumer_tag = await self.queue.consume(self.received.put)
         return self
 
     async def publish(self, bodies: list[bytes]) -> None:
@@ -173,7 +192,7 @@ class RabbitPipe:
             )
         )
 
-    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[None]]]:
+    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[object]]]:
         messages = [await self.received.get()]
         while not self.received.empty() and len(messages) < 256:
             messages.append(self.received.get_nowait())
@@ -182,6 +201,9 @@ class RabbitPipe:
 
     async def close(self) -> None:
         try:
+            # Cancelled first: a queue deleted under its consumer has the broker cancel it,
+            # which aiormq logs as a warning.
+            await self.queue.cancel(self.consumer_tag)
             await self.queue.delete(if_unused=False, if_empty=False)
         finally:
             await self.connection.close()
@@ -189,6 +211,12 @@ class RabbitPipe:
 
 class NatsPipe:
     """nats-py JetStream: ``publish_async`` and its PubAcks, a pull consumer fetching 256."""
+
+    client: NatsClient
+    js: JetStreamContext
+    name: str
+    subject: str
+    subscription: JetStreamContext.PullSubscription
 
     @classmethod
     async def open(cls, url: str) -> NatsPipe:
@@ -209,7 +237,7 @@ class NatsPipe:
         futures = [await self.js.publish_async(self.subject, body) for body in bodies]
         await asyncio.gather(*futures)
 
-    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[None]]]:
+    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[object]]]:
         import nats
 
         while True:
@@ -227,6 +255,7 @@ class NatsPipe:
 
     async def close(self) -> None:
         try:
+            await self.subscription.unsubscribe()
             await self.js.delete_stream(self.name)
         finally:
             await self.client.close()
@@ -234,6 +263,9 @@ class NatsPipe:
 
 class RedisPipe:
     """redis-py asyncio: pipelined ``XADD`` (its reply confirms), ``XREADGROUP`` 256, ``XACK``."""
+
+    client: Redis
+    key: str
 
     @classmethod
     async def open(cls, url: str) -> RedisPipe:
@@ -251,10 +283,16 @@ class RedisPipe:
             pipeline.xadd(self.key, {b"body": body})
         await pipeline.execute()
 
-    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[None]]]:
+    async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[object]]]:
         while True:
-            reply = await self.client.xreadgroup("g", "c", {self.key: ">"}, count=256, block=1000)
-            entries = [entry for _, found in reply or [] for entry in found]
+            # RESP2: [[key, [(id, fields), ...]]], or None once the block ran out (redis-py's
+            # annotation is wider: RESP3's dict form, and no None).
+            reply: Any = await self.client.xreadgroup(
+                "g", "c", {self.key: ">"}, count=256, block=1000
+            )
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = [
+                entry for _, found in reply or [] for entry in found
+            ]
             if entries:
                 break
         ids = [entry_id for entry_id, _ in entries]

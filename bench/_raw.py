@@ -13,11 +13,26 @@ import asyncio
 import multiprocessing
 import time
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from _clock import Lap, Stopwatch, process_cpu, wait_for
 from tidings.interpreter import tune_collector
 from tidings.testing.services import NATS_URL, RABBITMQ_URL, REDIS_URL
+
+if TYPE_CHECKING:  # types only: the clients are imported where used (a run needs one)
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
+
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractConnection,
+        AbstractIncomingMessage,
+        AbstractQueue,
+        ConsumerTag,
+    )
+    from nats.aio.client import Client as NatsClient
+    from nats.js import JetStreamContext
+    from redis.asyncio import Redis
 
 BATCH = 100
 #: Messages each client fetches per read (RabbitMQ's prefetch count, a NATS fetch, a Redis
@@ -62,6 +77,12 @@ class _Consuming:
 
 
 class RawRabbitMQ(_Consuming):
+    connection: AbstractConnection
+    channel: AbstractChannel
+    queue: AbstractQueue
+    #: The consumer, once subscribed: cancelled before the queue is deleted.
+    consumer_tag: ConsumerTag | None = None
+
     async def open(self, name: str, *, declare: bool) -> None:
         import aio_pika
 
@@ -73,11 +94,11 @@ class RawRabbitMQ(_Consuming):
         self.queue = await self.channel.declare_queue(name, durable=True)
 
     async def subscribe(self) -> None:
-        async def on_message(message: Any) -> None:
+        async def on_message(message: AbstractIncomingMessage) -> None:
             self.count += 1
             await message.ack()
 
-        await self.queue.consume(on_message)
+        self.consumer_tag = await self.queue.consume(on_message)
 
     async def publish(self, count: int) -> None:
         import aio_pika
@@ -95,12 +116,22 @@ class RawRabbitMQ(_Consuming):
             )
 
     async def close(self, *, delete: bool) -> None:
+        # The consumer is cancelled first: a queue deleted under its consumer has the broker
+        # cancel it, which aiormq logs as a warning.
+        if self.consumer_tag is not None:
+            await self.queue.cancel(self.consumer_tag)
+            self.consumer_tag = None
         if delete:
             await self.queue.delete(if_unused=False, if_empty=False)
         await self.connection.close()
 
 
 class RawNats(_Consuming):
+    client: NatsClient
+    js: JetStreamContext
+    #: The pull consumer, once subscribed: unsubscribed before the stream is deleted.
+    subscription: JetStreamContext.PullSubscription | None = None
+
     async def open(self, name: str, *, declare: bool) -> None:
         import nats
 
@@ -115,6 +146,7 @@ class RawNats(_Consuming):
 
         name = self.name
         subscription = await self.js.pull_subscribe(f"{name}.x", durable="raw", stream=name)
+        self.subscription = subscription
 
         async def consume() -> None:
             while True:
@@ -138,12 +170,17 @@ class RawNats(_Consuming):
 
     async def close(self, *, delete: bool) -> None:
         await self.stop_consuming()
+        if self.subscription is not None:
+            await self.subscription.unsubscribe()
+            self.subscription = None
         if delete:
             await self.js.delete_stream(self.name)
         await self.client.close()
 
 
 class RawRedis(_Consuming):
+    client: Redis
+
     async def open(self, name: str, *, declare: bool) -> None:
         import redis.asyncio as aioredis
 
@@ -203,7 +240,9 @@ async def run(kind: str, count: int) -> Lap:
         await client.close(delete=True)
 
 
-def _consumer_process(kind: str, name: str, count: int, tune: bool, ready: Any, done: Any) -> None:
+def _consumer_process(
+    kind: str, name: str, count: int, tune: bool, ready: Event, done: Synchronized[float]
+) -> None:
     """Consume ``count`` messages of ``name``; ``done`` gets the time the last was acked."""
     if tune:
         tune_collector()

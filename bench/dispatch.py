@@ -27,8 +27,8 @@ import argparse
 import gc
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import blinker
 
@@ -85,6 +85,14 @@ def make_handler_functions(per_type: int) -> tuple[list[int], list[Callable[[Any
         return handler
 
     return calls, [make(i) for i in range(per_type)]
+
+
+class Dispatcher(Protocol):
+    """One way of dispatching; ``dispatch_once`` (one event at a time, for latency) is optional."""
+
+    name: str
+
+    def dispatch_all(self, envelopes: list[Envelope[Any]]) -> None: ...
 
 
 class PlainDict:
@@ -176,7 +184,10 @@ class TidingsCommit:
 
 
 def measure(
-    dispatchers: list[Any], envelopes: list[Envelope[Any]], repeats: int, latency_samples: int
+    dispatchers: Sequence[Dispatcher],
+    envelopes: list[Envelope[Any]],
+    repeats: int,
+    latency_samples: int,
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {
         d.name: {"best": float("inf"), "latencies": []} for d in dispatchers
@@ -194,7 +205,9 @@ def measure(
             elapsed = time.perf_counter() - started
             result = results[dispatcher.name]
             result["best"] = min(result["best"], elapsed)
-            once = getattr(dispatcher, "dispatch_once", None)
+            once: Callable[[Envelope[Any]], None] | None = getattr(
+                dispatcher, "dispatch_once", None
+            )
             if once is None:
                 continue
             latencies = result["latencies"]
@@ -225,7 +238,7 @@ def main() -> int:
     for per_type in handler_counts:
         calls, functions = make_handler_functions(per_type)
         envelopes = make_events(events)
-        dispatchers = [
+        dispatchers: list[Dispatcher] = [
             PlainDict(functions),
             Blinker(functions),
             Tidings(functions),

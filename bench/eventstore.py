@@ -28,14 +28,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict, TypeVar
+from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate as PeerAggregate
 from eventsourcing.domain import event as peer_event
 from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from psycopg.sql import SQL, Identifier
 from sqlalchemy import (
     Column,
     Connection,
@@ -64,7 +69,22 @@ from tidings.eventsourcing import (
 from tidings.persistence.sql import SqlUnitOfWork
 from tidings.persistence.sqlite import sqlite_engine
 
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+class ConnectionParameters(TypedDict):
+    """``psycopg.connect`` keywords (a TypedDict, so ``**`` keeps each one's type)."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+
+
+POSTGRES: ConnectionParameters = {
+    "host": "127.0.0.1",
+    "port": 5432,
+    "user": "postgres",
+    "dbname": "test",
+}
 
 # -- tidings side ------------------------------------------------------------------------------
 
@@ -258,118 +278,148 @@ class Bank(Application[Any]):
     is_snapshotting_enabled = True
 
 
-def peer_side(env: dict[str, str], backend: str) -> Any:
-    if backend == "sqlite":
-        from eventsourcing.sqlite import SQLiteTrackingRecorder as TrackingBase
-    else:
-        from eventsourcing.postgres import PostgresTrackingRecorder as TrackingBase
+class SQLiteBalancesView(SQLiteTrackingRecorder):
+    """The peer's read model: its documented pattern, view change + tracking per event."""
 
-    class BalancesView(TrackingBase):  # type: ignore[misc, valid-type]
-        """The peer's read model: its documented pattern, view change + tracking per event."""
+    table = "peer_balances"
 
-        def __init__(self, datastore: Any, **kwargs: Any) -> None:
-            super().__init__(datastore, **kwargs)
-            if backend == "postgres":
-                from psycopg.sql import SQL, Identifier
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS peer_balances "
+            "(account TEXT PRIMARY KEY, balance INTEGER NOT NULL)"
+        )
+        return statements
 
-                self.table = f'"{datastore.schema}".peer_balances'
-                self.sql_create_statements.append(
-                    SQL(
-                        "CREATE TABLE IF NOT EXISTS {0}.peer_balances "
-                        "(account TEXT PRIMARY KEY, balance INTEGER NOT NULL)"
-                    ).format(Identifier(datastore.schema))
-                )
-                self.mark = "%s"
+    def apply(self, account: str, delta: int | None, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            if delta is None:
+                c.execute(f"INSERT INTO {self.table} VALUES (?, 0)", (account,))
             else:
-                self.table = "peer_balances"
-                self.mark = "?"
+                c.execute(
+                    f"UPDATE {self.table} SET balance = balance + ? WHERE account = ?",
+                    (delta, account),
+                )
+            self._insert_tracking(c, tracking)
 
-        def construct_create_table_statements(self) -> list[str]:
-            statements: list[str] = super().construct_create_table_statements()
-            statements.append(
-                "CREATE TABLE IF NOT EXISTS peer_balances "
+
+class PostgresBalancesView(PostgresTrackingRecorder):
+    """The same read model on PostgreSQL, in the peer's schema."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.table = f'"{datastore.schema}".peer_balances'
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.peer_balances "
                 "(account TEXT PRIMARY KEY, balance INTEGER NOT NULL)"
-            )
-            return statements
+            ).format(Identifier(datastore.schema))
+        )
 
-        def apply(self, account: str, delta: int | None, tracking: Tracking) -> None:
-            m = self.mark
-            with self.datastore.transaction(commit=True) as c:
-                if delta is None:
-                    c.execute(f"INSERT INTO {self.table} VALUES ({m}, 0)", (account,))
-                else:
-                    c.execute(
-                        f"UPDATE {self.table} SET balance = balance + {m} WHERE account = {m}",
-                        (delta, account),
-                    )
-                self._insert_tracking(c, tracking)
+    def apply(self, account: str, delta: int | None, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            if delta is None:
+                c.execute(f"INSERT INTO {self.table} VALUES (%s, 0)", (account,))
+            else:
+                c.execute(
+                    f"UPDATE {self.table} SET balance = balance + %s WHERE account = %s",
+                    (delta, account),
+                )
+            self._insert_tracking(c, tracking)
 
-    class PeerSide:
-        name = "eventsourcing"
 
-        def __init__(self) -> None:
-            self.app = Bank(env=env)
-            self.ids: dict[str, Any] = {}
+class PeerSide:
+    name = "eventsourcing"
 
-        def create(self, id: str) -> None:
-            account = PeerAccount("bench")
-            self.ids[id] = account.id
-            self.app.save(account)
+    def __init__(
+        self, env: dict[str, str], view_class: type[SQLiteBalancesView] | type[PostgresBalancesView]
+    ) -> None:
+        self.env = env
+        self.view_class = view_class
+        self.app = Bank(env=env)
+        self.ids: dict[str, UUID] = {}
 
-        def update(self, id: str) -> None:
-            account = self.app.repository.get(self.ids[id])
+    def create(self, id: str) -> None:
+        account = PeerAccount("bench")
+        self.ids[id] = account.id
+        self.app.save(account)
+
+    def update(self, id: str) -> None:
+        account: PeerAccount = self.app.repository.get(self.ids[id])
+        account.deposit(1)
+        self.app.save(account)
+
+    def start_batches(self, id: str) -> PeerAccount:
+        account = PeerAccount("bench")
+        self.app.save(account)
+        return account
+
+    def append_batch(self, account: PeerAccount, size: int) -> None:
+        for _ in range(size):
             account.deposit(1)
-            self.app.save(account)
+        self.app.save(account)
 
-        def start_batches(self, id: str) -> Any:
-            account = PeerAccount("bench")
-            self.app.save(account)
-            return account
-
-        def append_batch(self, account: Any, size: int) -> None:
-            for _ in range(size):
+    def build_long(self, id: str, events: int, snapshot: bool) -> None:
+        account = PeerAccount("bench")
+        self.ids[id] = account.id
+        self.app.save(account)
+        while account.version < events:
+            for _ in range(min(1000, events - account.version)):
                 account.deposit(1)
             self.app.save(account)
+        if snapshot:
+            self.app.take_snapshot(account.id)
 
-        def build_long(self, id: str, events: int, snapshot: bool) -> None:
-            account = PeerAccount("bench")
-            self.ids[id] = account.id
-            self.app.save(account)
-            while account.version < events:
-                for _ in range(min(1000, events - account.version)):
-                    account.deposit(1)
-                self.app.save(account)
-            if snapshot:
-                self.app.take_snapshot(account.id)
+    def load(self, id: str, snapshot: bool) -> int:
+        return int(self.app.repository.get(self.ids[id]).version)
 
-        def load(self, id: str, snapshot: bool) -> int:
-            return int(self.app.repository.get(self.ids[id]).version)
+    def catch_up(self) -> int:
+        from eventsourcing.persistence import InfrastructureFactory
 
-        def catch_up(self) -> int:
-            from eventsourcing.persistence import InfrastructureFactory
+        view = InfrastructureFactory.construct(
+            env={**self.env, "CREATE_TABLE": "y"}
+        ).tracking_recorder(self.view_class)
+        assert isinstance(view, self.view_class)  # the factory annotates only its base class
+        mapper = self.app.mapper
+        start = (view.max_tracking_id(self.app.name) or 0) + 1
+        done = 0
+        while True:
+            notifications = self.app.recorder.select_notifications(start=start, limit=1000)
+            if not notifications:
+                return done
+            for notification in notifications:
+                domain_event: Any = mapper.to_domain_event(notification)
+                tracking = Tracking(self.app.name, notification.id)
+                amount = getattr(domain_event, "amount", None)
+                view.apply(str(domain_event.originator_id), amount, tracking)
+                done += 1
+            start = notifications[-1].id + 1
 
-            view = InfrastructureFactory.construct(
-                env={**env, "CREATE_TABLE": "y"}
-            ).tracking_recorder(BalancesView)
-            mapper = self.app.mapper
-            start = (view.max_tracking_id(self.app.name) or 0) + 1
-            done = 0
-            while True:
-                notifications = self.app.recorder.select_notifications(start=start, limit=1000)
-                if not notifications:
-                    return done
-                for notification in notifications:
-                    domain_event: Any = mapper.to_domain_event(notification)
-                    tracking = Tracking(self.app.name, notification.id)
-                    amount = getattr(domain_event, "amount", None)
-                    view.apply(str(domain_event.originator_id), amount, tracking)
-                    done += 1
-                start = notifications[-1].id + 1
 
-    return PeerSide()
+def peer_side(env: dict[str, str], backend: str) -> PeerSide:
+    return PeerSide(env, SQLiteBalancesView if backend == "sqlite" else PostgresBalancesView)
 
 
 # -- measuring ---------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Side(Protocol):
+    """One side of the comparison: the same commands, each through its own store."""
+
+    name: str
+
+    def create(self, id: str) -> None: ...
+    def update(self, id: str) -> None: ...
+    def start_batches(self, id: str) -> Any:
+        """A new aggregate, saved: what :meth:`append_batch` appends to."""
+
+    def append_batch(self, account: Any, size: int) -> None: ...
+    def build_long(self, id: str, events: int, snapshot: bool) -> None: ...
+    def load(self, id: str, snapshot: bool) -> int: ...
+    def catch_up(self) -> int:
+        """The side's projection catching up; returns the events it applied."""
 
 
 @dataclass
@@ -392,14 +442,14 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def timed(fn: Callable[[], Any], latencies: list[float]) -> Any:
+def timed(fn: Callable[[], T], latencies: list[float]) -> T:
     start = time.perf_counter()
     result = fn()
     latencies.append(time.perf_counter() - start)
     return result
 
 
-def workload_a(side: Any, backend: str, commands: int, seed: int) -> Result:
+def workload_a(side: Side, backend: str, commands: int, seed: int) -> Result:
     rng = random.Random(seed)
     created: list[str] = []
     latencies: list[float] = []
@@ -407,17 +457,17 @@ def workload_a(side: Any, backend: str, commands: int, seed: int) -> Result:
     for i in range(commands):
         if i % 2 == 0:
             new_id = uuid.uuid4().hex
-            timed(lambda new_id=new_id: side.create(new_id), latencies)
+            timed(partial(side.create, new_id), latencies)
             created.append(new_id)
         else:
             chosen = rng.choice(created)
-            timed(lambda chosen=chosen: side.update(chosen), latencies)
+            timed(partial(side.update, chosen), latencies)
     return Result(
         backend, side.name, "a) commands", commands, time.perf_counter() - started, latencies
     )
 
 
-def workload_b(side: Any, backend: str, saves: int) -> Result:
+def workload_b(side: Side, backend: str, saves: int) -> Result:
     account = side.start_batches(uuid.uuid4().hex)
     latencies: list[float] = []
     started = time.perf_counter()
@@ -427,14 +477,14 @@ def workload_b(side: Any, backend: str, saves: int) -> Result:
     return Result(backend, side.name, "b) 100/save", saves * 100, seconds, latencies)
 
 
-def workload_c(side: Any, backend: str, events: int, repeats: int) -> list[Result]:
+def workload_c(side: Side, backend: str, events: int, repeats: int) -> list[Result]:
     results = []
     for snapshot in (False, True):
         id = uuid.uuid4().hex
         side.build_long(id, events, snapshot)
         latencies: list[float] = []
         for _ in range(repeats):
-            version = timed(lambda id=id, snapshot=snapshot: side.load(id, snapshot), latencies)
+            version = timed(partial(side.load, id, snapshot), latencies)
             assert version == events, (side.name, version)
         median = statistics.median(latencies)
         label = "c) load, snapshot" if snapshot else "c) load, replay"
@@ -442,7 +492,7 @@ def workload_c(side: Any, backend: str, events: int, repeats: int) -> list[Resul
     return results
 
 
-def workload_d(side: Any, backend: str) -> Result:
+def workload_d(side: Side, backend: str) -> Result:
     started = time.perf_counter()
     done = side.catch_up()
     return Result(backend, side.name, "d) projection", done, time.perf_counter() - started)
@@ -617,7 +667,7 @@ def run_backend(backend: str, sizes: Sizes, directory: Path) -> list[Result]:
                 "POSTGRES_PASSWORD": "",
                 "POSTGRES_SCHEMA": peer_schema,
             }
-        sides = [TidingsSide(engine), peer_side(peer_env, backend)]
+        sides: list[Side] = [TidingsSide(engine), peer_side(peer_env, backend)]
         for side in sides:
             results.append(workload_a(side, backend, sizes.commands, seed=7))
         # (d) right after (a): each side's projection catches up over exactly (a)'s events.
