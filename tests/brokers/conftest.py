@@ -167,13 +167,17 @@ _FACTORIES = {
 }
 
 
-@pytest.fixture(params=list(_FACTORIES))
-def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
-    name = request.param
+def new_factory(name: str) -> BrokerFactory:
+    """A factory for broker ``name`` (its server required, unless it is the memory broker)."""
     if name != "memory":
         require(name)
     factory: BrokerFactory = _FACTORIES[name]()
     return factory
+
+
+@pytest.fixture(params=list(_FACTORIES))
+def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
+    return new_factory(request.param)
 
 
 # -- shared by the tests that run the relay's publisher (its own event loop, in a thread) ----
@@ -181,9 +185,9 @@ def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
 
 @contextmanager
 def declared_bus(name: str, topology: Topology) -> Iterator[BrokerFactory]:
-    """``topology`` declared on the real server ``name``, deleted afterwards."""
-    require(name)
-    factory: BrokerFactory = _FACTORIES[name]()
+    """``topology`` declared on the server ``name`` (a real one, or a memory broker's server
+    of its own), deleted afterwards."""
+    factory = new_factory(name)
 
     async def declare() -> None:
         broker = await factory.create(topology)
@@ -232,6 +236,8 @@ async def pulling(broker: Any, durable: str, batch: int = 8) -> AsyncIterator[An
 
 def make_broker(factory: BrokerFactory, topology: Topology) -> Any:
     """A new, not yet connected client of ``factory``'s server (for a BlockingBusPublisher)."""
+    if isinstance(factory, MemoryFactory):
+        return MemoryBroker(topology, factory.server)
     if factory.name == "rabbitmq":
         from tidings.brokers.rabbitmq import RabbitMQBroker
 

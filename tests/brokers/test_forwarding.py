@@ -91,9 +91,9 @@ class FlakyPublisher:
         self.inner.publish(rows)
 
 
-# The real servers only: the publisher runs its own event loop in a thread, and the in-memory
-# broker's queues belong to one event loop.
-@pytest.fixture(params=["rabbitmq", "nats", "redis"])
+# The in-memory broker too: the publisher runs its own event loop in a thread, the consumer
+# another one.
+@pytest.fixture(params=["memory", "rabbitmq", "nats", "redis"])
 def bus(request: pytest.FixtureRequest, run_id: str) -> Iterator[tuple[BrokerFactory, Topology]]:
     topology = Topology(name=f"fwd-{run_id}", groups=("shipping",), partitions=2)
     with declared_bus(request.param, topology) as factory:

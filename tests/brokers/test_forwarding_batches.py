@@ -97,7 +97,7 @@ def last_position(engine: Engine) -> int:
         return int(conn.execute(select(func.max(outbox.c.position))).scalar_one())
 
 
-@pytest.fixture(params=["rabbitmq", "nats", "redis"])
+@pytest.fixture(params=["memory", "rabbitmq", "nats", "redis"])
 def bus(request: pytest.FixtureRequest, run_id: str) -> Iterator[tuple[BrokerFactory, Topology]]:
     topology = Topology(name=f"fwdb-{run_id}", groups=("yard",), partitions=2)
     with declared_bus(request.param, topology) as factory:

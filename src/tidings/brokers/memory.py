@@ -11,12 +11,19 @@ the others give up their extra partitions as soon as the message in hand is done
 stops or its connection is severed, the others take its partitions over at once. A message
 stays at the head of its partition until it is acknowledged, so a crash, a handler failure or
 a handover redelivers it before anything behind it.
+
+Threads: publishers and consumers may run in different event loops of different threads, as
+the relay's :class:`~tidings.brokers.publisher.BlockingBusPublisher` (a loop of its own) and a
+worker do in one process. The server's state is guarded by one lock, and a consumer is woken,
+and asked to rebalance, in its own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +60,27 @@ class _Message:
 class _Partition:
     queue: deque[_Message] = field(default_factory=deque)
     owner: _MemoryConsumer | None = None
+    #: The owner's wake-up, made in its loop when it takes the partition (an asyncio.Event
+    #: belongs to the loop that first waits on it).
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Wake the owner's task, from any thread or loop (the queue or its share changed)."""
+        loop, changed = self.loop, self.changed
+        if loop is None:
+            return  # no owner: whoever takes the partition looks at the queue first
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            changed.set()
+            return
+        # Set in the owner's loop, after whatever it is doing now: it cannot miss it between
+        # looking at an empty queue and waiting.
+        with contextlib.suppress(RuntimeError):  # its loop closed: nobody is waiting
+            loop.call_soon_threadsafe(changed.set)
 
 
 @dataclass(slots=True)
@@ -68,8 +95,14 @@ class MemoryBrokerServer:
 
     def __init__(self) -> None:
         self._buses: dict[str, tuple[Topology, dict[str, _Group]]] = {}
+        #: Guards queues, owners and members: clients may run in different threads.
+        self.lock = threading.RLock()
 
     def declare(self, topology: Topology) -> None:
+        with self.lock:
+            self._declare(topology)
+
+    def _declare(self, topology: Topology) -> None:
         existing = self._buses.get(topology.name)
         if existing is None:
             groups = {g: _new_group(topology) for g in topology.groups}
@@ -101,25 +134,39 @@ class MemoryBrokerServer:
             ) from None
         for group in groups.values():
             target = group.partitions[partition]
-            target.queue.append(_Message(body, headers, str(next(_ids))))
-            target.changed.set()
+            with self.lock:
+                target.queue.append(_Message(body, headers, str(next(_ids))))
+            target.wake()
 
     def depth(self, bus: str, group: str) -> int:
         """Messages waiting or in flight in a group (for tests and benchmarks)."""
         return sum(len(p.queue) for p in self.group(bus, group).partitions)
 
     def delete(self, bus: str) -> None:
-        self._buses.pop(bus, None)
+        with self.lock:
+            self._buses.pop(bus, None)
 
 
 def _rebalance(group: _Group) -> None:
     """Share the group's partitions among its consumers again (one joined, left or gave up)."""
     for consumer in list(group.consumers):
-        consumer.rebalance()
+        consumer.request_rebalance()
 
 
 def _new_group(topology: Topology) -> _Group:
     return _Group([_Partition() for _ in range(topology.partitions)])
+
+
+def _remove_head(partition: _Partition, message: _Message) -> None:
+    """Acknowledge ``message``: drop it if it is still the partition's head (server lock held)."""
+    if partition.queue and partition.queue[0] is message:
+        partition.queue.popleft()
+
+
+def _disown(partition: _Partition) -> None:
+    """Free ``partition`` for its next owner (server lock held)."""
+    partition.owner = None
+    partition.loop = None
 
 
 class _MemoryConsumer:
@@ -131,37 +178,55 @@ class _MemoryConsumer:
         self._group = group
         self._handler = handler
         self._batches = GroupCommit(handler, broker.topology, group_name)
+        self._lock = broker.server.lock
         self._tasks: dict[int, asyncio.Task[None]] = {}
         #: Partitions beyond our share, handed over once the message in hand is done.
         self._releasing: set[int] = set()
         self._stopping = False
+        self._loop = asyncio.get_running_loop()
 
     def start(self) -> None:
-        self._group.consumers.append(self)
+        with self._lock:
+            self._group.consumers.append(self)
         _rebalance(self._group)
+
+    def request_rebalance(self) -> None:
+        """:meth:`rebalance` in this consumer's own loop (its tasks live there)."""
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            here = False
+        if here:
+            self.rebalance()
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop closed: it is gone
+                self._loop.call_soon_threadsafe(self.rebalance)
 
     def rebalance(self) -> None:
         """Take free partitions up to our share; give up (gracefully) what is beyond it."""
-        if self._stopping:
-            return
-        partitions = self._group.partitions
-        share = fair_share(
-            len(partitions), len(self._group.consumers), self._group.consumers.index(self)
-        )
-        serving = sorted(set(self._tasks) - self._releasing)
-        if len(serving) > share:
-            for index in serving[share:]:
-                # Its task lets the message in hand finish, then gives the partition up.
-                self._releasing.add(index)
-                partitions[index].changed.set()
-            return
-        for index, partition in enumerate(partitions):
-            if len(serving) >= share:
+        with self._lock:
+            if self._stopping or self not in self._group.consumers:
                 return
-            if partition.owner is None:
-                partition.owner = self
-                self._tasks[index] = asyncio.create_task(self._serve(index, partition))
-                serving.append(index)
+            partitions = self._group.partitions
+            share = fair_share(
+                len(partitions), len(self._group.consumers), self._group.consumers.index(self)
+            )
+            serving = sorted(set(self._tasks) - self._releasing)
+            if len(serving) > share:
+                for index in serving[share:]:
+                    # Its task lets the message in hand finish, then gives the partition up.
+                    self._releasing.add(index)
+                    partitions[index].wake()
+                return
+            for index, partition in enumerate(partitions):
+                if len(serving) >= share:
+                    return
+                if partition.owner is None:
+                    partition.owner = self
+                    partition.changed = asyncio.Event()
+                    partition.loop = self._loop
+                    self._tasks[index] = asyncio.create_task(self._serve(index, partition))
+                    serving.append(index)
 
     @property
     def owned(self) -> list[int]:
@@ -176,16 +241,17 @@ class _MemoryConsumer:
                 await partition.changed.wait()
                 continue
             # Even one message goes to the group commit, as on the real brokers.
-            batch = list(itertools.islice(partition.queue, topology.prefetch))
+            with self._lock:
+                batch = list(itertools.islice(partition.queue, topology.prefetch))
             deliveries = [
                 Delivery(m.body, dict(m.headers), index, m.deliveries + 1, m.broker_id)
                 for m in batch
             ]
             if await self._batches.run(deliveries):
-                for message in batch:
-                    message.deliveries += 1
-                    if partition.queue and partition.queue[0] is message:
-                        partition.queue.popleft()
+                with self._lock:
+                    for message in batch:
+                        message.deliveries += 1
+                        _remove_head(partition, message)
                 continue
             if not partition.queue:
                 continue  # emptied while the batch was tried, as the popleft checks allow for
@@ -214,15 +280,16 @@ class _MemoryConsumer:
                         broker_id=message.broker_id,
                     )
                 )
-            if partition.queue and partition.queue[0] is message:
-                partition.queue.popleft()
+            with self._lock:
+                _remove_head(partition, message)
 
         if index in self._releasing and not self._stopping:
             # Given up for a fairer share: whatever was not acked stays at the head of the
             # partition for its next owner.
-            self._releasing.discard(index)
-            del self._tasks[index]
-            partition.owner = None
+            with self._lock:
+                self._releasing.discard(index)
+                del self._tasks[index]
+                _disown(partition)
             _rebalance(self._group)
 
     async def _release(self, graceful: bool) -> None:
@@ -230,17 +297,17 @@ class _MemoryConsumer:
         if graceful:
             for partition in self._group.partitions:
                 if partition.owner is self:
-                    partition.changed.set()  # wake idle loops so they see _stopping
+                    partition.wake()  # wake idle loops so they see _stopping
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         else:
             await cancel_tasks(list(self._tasks.values()))
-        for partition in self._group.partitions:
-            if partition.owner is self:
-                partition.owner = None
-                partition.changed.set()
-        self._releasing.clear()
-        if self in self._group.consumers:
-            self._group.consumers.remove(self)
+        with self._lock:
+            for partition in self._group.partitions:
+                if partition.owner is self:
+                    _disown(partition)
+            self._releasing.clear()
+            if self in self._group.consumers:
+                self._group.consumers.remove(self)
         _rebalance(self._group)
 
     async def stop(self) -> None:
