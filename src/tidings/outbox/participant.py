@@ -140,9 +140,9 @@ class PostCommitNotifier:
 
     :meth:`notify` and :meth:`notify_log` only record the request and wake the thread, so a
     writer never waits for it; requests made while a notification is being sent go out
-    together next. The
-    connection is opened on first use, reopened after an error (the relay's polling covers a
-    lost notification), and closed when idle. One notifier per engine.
+    together next. The connection is opened on first use, reopened after an error (the
+    relay's polling covers a lost notification), and closed when idle. One notifier per
+    engine.
     """
 
     _by_engine: weakref.WeakKeyDictionary[Engine, PostCommitNotifier] = weakref.WeakKeyDictionary()
