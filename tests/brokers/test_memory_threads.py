@@ -123,3 +123,26 @@ async def test_consumers_of_a_group_in_two_threads_share_its_partitions_and_hand
     finally:
         other.close()
         await here.close()
+
+
+def test_a_consumer_whose_loop_ended_without_stopping_leaves_its_partitions_to_the_next() -> None:
+    server = MemoryBrokerServer()
+    topology = Topology(name="forgotten", groups=("g",), partitions=2)
+
+    async def forget() -> None:
+        broker = await connected(topology, server)
+        await broker.consume("g", Received().handler("forgotten"))
+        # Returns with it running: asyncio.run cancels its tasks and closes its loop.
+
+    asyncio.run(forget())
+    received = Received()
+
+    async def take_over() -> None:
+        broker = await connected(topology, server)
+        consumer = await broker.consume("g", received.handler("next"))
+        await eventually(lambda: consumer.owned == [0, 1], "both partitions taken over")
+        await broker.publish([probe(f"s-{n}", 1) for n in range(6)])
+        await eventually(lambda: len(received.items) == 6, "every message handled")
+        await broker.close()
+
+    asyncio.run(take_over())

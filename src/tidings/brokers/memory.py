@@ -163,6 +163,17 @@ def _remove_head(partition: _Partition, message: _Message) -> None:
         partition.queue.popleft()
 
 
+def _forget_gone(group: _Group) -> None:
+    """Drop consumers whose event loop has closed without stopping them (an ``asyncio.run``
+    that returned with its consumer running): nothing will serve their partitions again, as a
+    real broker forgets a closed connection's consumers (server lock held)."""
+    for consumer in [c for c in group.consumers if c.gone]:
+        group.consumers.remove(consumer)
+        for partition in group.partitions:
+            if partition.owner is consumer:
+                _disown(partition)
+
+
 def _disown(partition: _Partition) -> None:
     """Free ``partition`` for its next owner (server lock held)."""
     partition.owner = None
@@ -187,8 +198,14 @@ class _MemoryConsumer:
 
     def start(self) -> None:
         with self._lock:
+            _forget_gone(self._group)
             self._group.consumers.append(self)
         _rebalance(self._group)
+
+    @property
+    def gone(self) -> bool:
+        """Its event loop has closed: it serves nothing any more."""
+        return self._loop.is_closed()
 
     def request_rebalance(self) -> None:
         """:meth:`rebalance` in this consumer's own loop (its tasks live there)."""
