@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,10 @@ def _with_search_path(engine: Engine, schema: str) -> Engine:
     return engine
 
 
-@pytest.fixture(scope="session")
-def pg_schema() -> Iterator[str]:
-    """A PostgreSQL schema private to this test run."""
+@contextmanager
+def fresh_schema(schema: str) -> Iterator[str]:
+    """PostgreSQL schema ``schema``, created, then dropped with everything in it."""
     require("postgres")
-    schema = f"tidings_test_{RUN_ID}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -54,6 +54,20 @@ def pg_schema() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema private to this test run."""
+    with fresh_schema(f"tidings_test_{RUN_ID}") as schema:
+        yield schema
+
+
+@pytest.fixture
+def other_pg_schema(pg_schema: str) -> Iterator[str]:
+    """A second schema beside the run's, as another service's in the same database."""
+    with fresh_schema(f"{pg_schema}_b") as schema:
+        yield schema
 
 
 @pytest.fixture

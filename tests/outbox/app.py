@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tidings import Aggregate, HandlerContext, Handlers
 from tidings import event as declare_event
-from tidings.outbox import RelayConfig, create_tables
+from tidings.outbox import Doorbell, RelayConfig, create_tables
 from tidings.persistence.sql import SqlUnitOfWork
 from tidings.persistence.sqlite import sqlite_engine
 
@@ -115,6 +115,27 @@ def failing_once(
         record(deposited, ctx)
 
     return handle, failed
+
+
+def wait_for(condition: Callable[[], bool], what: str = "", seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail, naming ``what``, after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what or 'condition'} not met within {seconds}s")
+        time.sleep(0.01)
+
+
+class CountingDoorbell(Doorbell):
+    """A doorbell that counts its rings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rings = 0
+
+    def ring(self) -> None:
+        self.rings += 1
+        super().ring()
 
 
 def ledger_handlers(*names: str) -> Handlers:

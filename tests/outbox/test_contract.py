@@ -39,6 +39,7 @@ from .app import (
     failing_once,
     ledger_handlers,
     record_effect,
+    wait_for,
 )
 from .conftest import Store
 
@@ -181,7 +182,7 @@ def test_relay_wakes_in_process_without_polling(store: Store) -> None:
     relay.start()
     try:
         deposit(config, "acc-1", 1, seq=1)
-        _wait_for(lambda: len(effects(store.engine)) == 1)
+        wait_for(lambda: len(effects(store.engine)) == 1)
     finally:
         relay.stop()
 
@@ -210,9 +211,9 @@ def test_a_relay_that_caught_up_waits_for_the_next_commit_instead_of_reading_aga
     relay.prepare()
     relay.start()
     try:
-        _wait_for(lambda: reads == [0])  # nothing yet: waiting for a ring
+        wait_for(lambda: reads == [0])  # nothing yet: waiting for a ring
         deposit(config, "acc-1", 1, seq=1)
-        _wait_for(lambda: len(effects(store.engine)) == 1)
+        wait_for(lambda: len(effects(store.engine)) == 1)
         time.sleep(0.2)
         assert reads == [0, 1]
         with config.unit_of_work() as uow:
@@ -220,7 +221,7 @@ def test_a_relay_that_caught_up_waits_for_the_next_commit_instead_of_reading_aga
             for seq in (2, 3, 4):
                 account.deposit(1, seq)
             uow.commit()
-        _wait_for(lambda: len(effects(store.engine)) == 4)
+        wait_for(lambda: len(effects(store.engine)) == 4)
         time.sleep(0.2)
         assert sorted(reads[2:]) == [1, 2]  # a full page, then the rest at once
     finally:
@@ -252,21 +253,11 @@ def test_a_running_relay_goes_on_with_the_page_after_a_delayed_retry(store: Stor
             for seq in (1, 2, 3):
                 account.deposit(1, seq)
             uow.commit()
-        _wait_for(lambda: len(effects(store.engine)) == 3, seconds=10)
+        wait_for(lambda: len(effects(store.engine)) == 3, seconds=10)
         assert [e.seq for e in effects(store.engine)] == [1, 2, 3]
         assert failures == [1]
     finally:
         relay.stop()
-
-
-def _wait_for(condition: Any, seconds: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {seconds}s")
-        time.sleep(0.01)
 
 
 # -- failure -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from tidings.outbox import Relay, outbox_table
 from tidings.outbox import tables as outbox_tables
 from tidings.outbox.subscribers import reader_engine
 
-from .app import Account, effects, make_config
+from .app import Account, effects, make_config, wait_for
 from .conftest import Store
 
 HERE = Path(__file__).resolve().parent
@@ -42,14 +42,6 @@ def reader(store: Store) -> Iterator[Engine]:
     yield engine
     if engine.pool is not store.engine.pool:  # its own engine (SQLite), not a view of ours
         engine.dispose()
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {seconds}s")
-        time.sleep(0.01)
 
 
 def lease_renewed_since(reader: Engine, moment: float) -> bool:
@@ -85,7 +77,8 @@ def test_relay_killed_30_times_while_a_writer_commits(store: Store, reader: Engi
             )
             # Kill it at a random moment of its work, not while it is still importing.
             wait_for(
-                lambda p=relay, t=spawned: lease_renewed_since(reader, t) or p.poll() is not None
+                lambda p=relay, t=spawned: lease_renewed_since(reader, t) or p.poll() is not None,
+                seconds=60,
             )
             time.sleep(rng.uniform(0.0, 0.4))
             assert relay.poll() is None, relay.stderr.read() if relay.stderr else ""
@@ -115,7 +108,9 @@ def test_writer_killed_mid_transaction_delivers_nothing_half_written(
         writer = spawn(store, "child_writer.py", "batches", str(run * 100_000))
         # Once it is committing, kill it at a random moment (most land mid-transaction: it
         # pauses inside each one, after writing its outbox rows).
-        wait_for(lambda p=writer, n=before: outbox_count(reader) > n or p.poll() is not None)
+        wait_for(
+            lambda p=writer, n=before: outbox_count(reader) > n or p.poll() is not None, seconds=60
+        )
         time.sleep(rng.uniform(0.0, 0.5))
         assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
         kill(writer)

@@ -4,7 +4,6 @@ by the in-process doorbell, and on PostgreSQL by NOTIFY from another writer."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine
@@ -14,6 +13,8 @@ from tidings.eventsourcing import EventStoreParticipant, default_schema
 from tidings.outbox import Doorbell, LogNotifier, Relay, RelayConfig
 from tidings.outbox import create_tables as create_outbox_tables
 from tidings.persistence.sql import SqlUnitOfWork
+
+from .app import CountingDoorbell, wait_for
 
 
 @event(name="lognotifier.Rang")
@@ -25,23 +26,6 @@ class Bell(EventSourcedAggregate):
     @applies(Rang)
     def _rang(self, event: Rang) -> None:
         pass
-
-
-class CountingDoorbell(Doorbell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rings = 0
-
-    def ring(self) -> None:
-        self.rings += 1
-        super().ring()
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the relay was not woken (it polls every 60 s)"
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -93,7 +77,7 @@ def test_writers_wake_a_relay_following_the_events_table(engine: Engine) -> None
                 bell = uow.track(Bell.blank(f"b-{n}"))
                 bell.record(Rang(n))
                 uow.commit()
-            wait_for(lambda n=n: n in seen)
+            wait_for(lambda n=n: n in seen, "woken (it polls every 60 s)", seconds=20)
         # Each commit rang the relay's bell (in-process writer), not a poll that came by.
         assert relay_bell.rings - rings_before >= 3
     finally:

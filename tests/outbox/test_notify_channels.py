@@ -4,16 +4,14 @@ of the same name in a schema of its own, wake only their own relays."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, text
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine
 
 from tidings import EventSourcedAggregate, Handlers, Timing, applies, event
 from tidings.outbox import (
-    Doorbell,
     OutboxParticipant,
     PostCommitNotifier,
     RelayConfig,
@@ -27,26 +25,13 @@ from tidings.outbox.relay import _Listener
 from tidings.persistence.sql import SqlUnitOfWork
 from tidings.testing.services import POSTGRES_URL
 
+from .app import CountingDoorbell, wait_for
+
 DSN = POSTGRES_URL.replace("postgresql+psycopg", "postgresql")
 
 
 def on_schema(schema: str) -> Engine:
     return create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
-
-
-@pytest.fixture
-def other_schema(pg_schema: str) -> Iterator[str]:
-    """A second schema beside the run's, as another service's in the same database."""
-    schema = f"{pg_schema}_b"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -93,9 +78,9 @@ def commit_one(engine: Engine, participant: OutboxParticipant, handlers: Handler
 
 
 def test_outboxes_of_one_name_in_two_schemas_announce_on_channels_of_their_own(
-    pg_engine: Engine, pg_schema: str, other_schema: str, listener: Any
+    pg_engine: Engine, pg_schema: str, other_pg_schema: str, listener: Any
 ) -> None:
-    other = on_schema(other_schema)
+    other = on_schema(other_pg_schema)
     try:
         create_tables(pg_engine)
         create_tables(other)
@@ -104,9 +89,9 @@ def test_outboxes_of_one_name_in_two_schemas_announce_on_channels_of_their_own(
         assert (
             ours == notify_channel(outbox_table, pg_schema) == f"tidings_{pg_schema}.tidings_outbox"
         )
-        theirs, found = channel_seen_from(other_schema, outbox_table)
+        theirs, found = channel_seen_from(other_pg_schema, outbox_table)
         assert found
-        assert theirs == f"tidings_{other_schema}.tidings_outbox"
+        assert theirs == f"tidings_{other_pg_schema}.tidings_outbox"
         listener.execute(f'LISTEN "{ours}"')
         listener.execute(f'LISTEN "{theirs}"')
         handlers = Handlers()
@@ -152,16 +137,6 @@ def test_a_log_not_created_yet_is_announced_on_the_table_name_alone(
     assert notify_channel(table) == "tidings_tidings_not_yet"
 
 
-class CountingDoorbell(Doorbell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rings = 0
-
-    def ring(self) -> None:
-        self.rings += 1
-        super().ring()
-
-
 def test_a_relay_listening_before_its_log_exists_hears_writers_once_it_does(
     pg_engine: Engine,
 ) -> None:
@@ -172,7 +147,7 @@ def test_a_relay_listening_before_its_log_exists_hears_writers_once_it_does(
     listening = _Listener(config, stop)
     listening.start()
     try:
-        wait_for(lambda: doorbell.rings >= 1)  # connected: it rings once for what it missed
+        wait_for(lambda: doorbell.rings >= 1, "rung")  # connected: it rings once for what it missed
         log.create(pg_engine)
         # Within its next wait for notifications, it sees the log and listens on its schema's
         # channel (and rings, for what was written before).
@@ -184,10 +159,3 @@ def test_a_relay_listening_before_its_log_exists_hears_writers_once_it_does(
         stop.set()
         listening.join(10)
     assert not listening.is_alive()
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "not rung"
-        time.sleep(0.01)
