@@ -9,7 +9,9 @@
   driver is missing raises :class:`~tidings.errors.ConfigurationError` naming the extra;
 * :mod:`tidings.brokers.inbox`: idempotent consumers (inbox table, decode, verify, dedup);
 * :mod:`tidings.brokers.wire`: the message format (headers and body);
-* :mod:`tidings.brokers.worker`: running consumers (``tidings worker``).
+* :mod:`tidings.brokers.worker`: running consumers (``tidings worker``);
+* :mod:`tidings.brokers.urls`: :func:`~tidings.brokers.urls.broker_for`, a client chosen by URL
+  (``amqp://``, ``nats://``, ``redis://``, ``memory:``).
 
 Nothing here connects to anything at import time.
 """
@@ -17,5 +19,6 @@ Nothing here connects to anything at import time.
 from __future__ import annotations
 
 from tidings.brokers.port import Broker, Consumer, Delivery, Handler, Topology, partition_of
+from tidings.brokers.urls import broker_for
 
-__all__ = ["Broker", "Consumer", "Delivery", "Handler", "Topology", "partition_of"]
+__all__ = ["Broker", "Consumer", "Delivery", "Handler", "Topology", "broker_for", "partition_of"]
