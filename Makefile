@@ -26,10 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 # pyproject's [tool.mypy] files (the library), then the benchmarks: scripts, not a package, so
-# mypy takes bench/ as their base directory and `import _raw` resolves as when they run.
+# mypy takes bench/ as their base directory and `import _raw` resolves as when they run; then
+# the reference application, as its users' code would be checked.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(if $(wildcard bench),$(BIN)/mypy bench)
+	$(if $(wildcard examples),MYPYPATH=examples $(BIN)/mypy -p ordering -p shipping_context)
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -22,7 +22,7 @@ import contextvars
 import inspect
 from collections.abc import Generator, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 from tidings.core.aggregate import Aggregate, recording_watermark
@@ -218,7 +218,7 @@ def _annotate(exc: BaseException, subscription: Subscription, envelope: Envelope
 class UnitOfWork(UnitOfWorkBase):
     """Synchronous shell. Subclasses implement ``_begin/_persist/_commit_transaction/_rollback``."""
 
-    def __enter__(self) -> UnitOfWork:
+    def __enter__(self) -> Self:
         self._open()
         try:
             self._begin()
@@ -338,7 +338,7 @@ class UnitOfWork(UnitOfWorkBase):
 class AsyncUnitOfWork(UnitOfWorkBase):
     """asyncio shell: the same steps, awaited."""
 
-    async def __aenter__(self) -> AsyncUnitOfWork:
+    async def __aenter__(self) -> Self:
         self._open()
         try:
             await self._begin()
