@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--no-relays", action="store_true", help="run relays elsewhere")
     relay = commands.add_parser("relay", help="deliver after-commit work (relays, timeouts)")
     relay.add_argument("--url", required=True)
-    relay.add_argument("--bus", default=None, help="RabbitMQ URL: publish integration events")
+    relay.add_argument(
+        "--bus",
+        default=None,
+        help="broker URL (amqp://, nats://, redis://): publish integration events",
+    )
     relay.add_argument("--node", default=None, help="stable relay name (restart takes over)")
     init = commands.add_parser("init", help="create the tables (idempotent)")
     init.add_argument("--url", required=True)

@@ -9,6 +9,7 @@ second relay (subscriber ``commands``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from ordering.ports import Carrier, Notifier, PaymentGateway
 from ordering.sagas import OrderFulfilment
 from tidings import system_clock
 from tidings.brokers.forwarding import forward_to_bus
+from tidings.brokers.port import Broker
 from tidings.brokers.publisher import BlockingBusPublisher
-from tidings.brokers.rabbitmq import RabbitMQBroker
+from tidings.brokers.urls import broker_for
 from tidings.eventsourcing import EventSourcedRepository, EventStore, EventStoreParticipant
 from tidings.integration.policy import PolicyGuard
 from tidings.integration.signing import Keyring, Signer
@@ -74,9 +76,12 @@ class OrderingApp:
         notification_retry: RetryPolicy | None = None,
         listen: bool = True,
         bus_url: str | None = None,
+        bus: Callable[[], Broker] | None = None,
         signing_keys: Keyring | None = None,
         node: str | None = None,
     ) -> None:
+        """``bus_url`` (``amqp://``, ``nats://``, ``redis://``, ``memory:``) or ``bus`` (a broker
+        client factory) makes the relay publish the shipping bus's integration events."""
         #: Relay node name; a restarted process with the same name takes its leases back at once.
         self.node = node
         self.engine = engine
@@ -104,9 +109,11 @@ class OrderingApp:
         # bus configured, the relay also publishes the translated events, confirmed and signed.
         self.publish_guard = PolicyGuard(integration.policy, [integration.shipping])
         policies = {}
-        if bus_url is not None:
+        if bus is None and bus_url is not None:
+            bus = functools.partial(broker_for, bus_url, integration.SHIPPING_TOPOLOGY)
+        if bus is not None:
             publisher = BlockingBusPublisher(
-                lambda: RabbitMQBroker(bus_url, integration.SHIPPING_TOPOLOGY),
+                bus,
                 policy=integration.policy,
                 signer=Signer(signing_keys) if signing_keys is not None else None,
             )

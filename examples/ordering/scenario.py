@@ -1,4 +1,4 @@
-"""The end-to-end demo (``make demo``): the whole flow on one SQLite file, no broker.
+"""The end-to-end demo (``make demo``): the whole flow on SQLite, with the in-memory broker.
 
 1. Ada's order succeeds: payment, stock, shipping and a notification, each after commit; once
    paid and reserved, the saga ships it.
@@ -8,6 +8,9 @@
 4. Carol crosses the loyalty threshold: she is told once, and her next order gets 10% off.
 5. Dan orders more lamps than there are: the saga refunds the payment and cancels the order.
 6. A support ticket is escalated: the agent's response deadline is computed and set.
+7. The shipping context (another service, its own database) receives the public events over the
+   in-memory broker, signed: a pick list for each confirmed order, withdrawn when one is
+   cancelled, each handled once.
 
 It prints the timeline of every event with its causation chain, and exits non-zero unless the
 final state is exactly what it should be.
@@ -15,18 +18,28 @@ final state is exactly what it should be.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import secrets
 import tempfile
+import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from ordering import service
+import shipping_context.service as shipping
+from ordering import integration, service
 from ordering.bootstrap import OrderingApp
 from ordering.ports import Notifier, PaymentGateway
+from tidings.brokers.memory import MemoryBroker, MemoryBrokerServer
+from tidings.brokers.port import Broker
+from tidings.integration.signing import Keyring
 from tidings.outbox import tables as outbox
 from tidings.persistence.sqlite import sqlite_engine
 
@@ -173,21 +186,81 @@ def timeline(app: OrderingApp) -> list[dict[str, Any]]:
     return rows
 
 
+#: What the shipping context should hold once the scenario is over: a pick list for each
+#: confirmed order, withdrawn for those cancelled after their confirmation.
+EXPECTED_PICK_LISTS = {
+    "o-ada": "to-pick",
+    "o-bob": "to-pick",
+    "o-carol-1": "to-pick",
+    "o-mallory": "withdrawn",
+    "o-dan": "withdrawn",
+}
+
+
+class ShippingContext:
+    """The shipping context's worker on a thread and event loop of its own (in production it is
+    another process: ``tidings worker --app shipping_context.service:worker``)."""
+
+    def __init__(self, path: Path, bus: Callable[[], Broker], keys: Keyring) -> None:
+        self.db_url = f"sqlite+aiosqlite:///{path}"
+        self.bus = bus
+        self.keys = keys
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="shipping-context", daemon=True)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            await shipping.serve(self.db_url, self.bus, self.keys, self._stop)
+
+        asyncio.run(serve())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def pick_lists(self, expected: dict[str, str], seconds: float = 30.0) -> dict[str, str]:
+        """The pick lists, once they are ``expected`` (or as they are after ``seconds``)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = asyncio.run(shipping.pick_list_statuses(self.db_url))
+            if found == expected or time.monotonic() > deadline or not self._thread.is_alive():
+                return found
+            time.sleep(0.05)
+
+
 def main(database: str | None = None, *, as_json: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(database) if database else Path(tmp) / "ordering.sqlite"
         engine = sqlite_engine(path)
+        # The integration events travel on this run's own in-memory broker, signed with a key
+        # both services hold (in production: RabbitMQ, NATS or Redis, and a managed secret).
+        keys = Keyring({"ordering-1": secrets.token_bytes(32)})
+        bus = functools.partial(MemoryBroker, integration.SHIPPING_TOPOLOGY, MemoryBrokerServer())
         app = OrderingApp(
             engine,
             payments=PaymentGateway(declined_buyers={"mallory"}),
             notifier=Notifier(),
             listen=False,
+            bus=bus,
+            signing_keys=keys,
         )
         app.create_tables()
+        receiver = ShippingContext(Path(tmp) / "shipping.sqlite", bus, keys)
+        receiver.start()
         try:
             checks = run_scenario(app)
+            checks["shipping context: a pick list per confirmed order, withdrawn if cancelled"] = (
+                receiver.pick_lists(EXPECTED_PICK_LISTS) == EXPECTED_PICK_LISTS
+            )
             rows = timeline(app)
         finally:
+            receiver.stop()
             app.stop()
             engine.dispose()
     ok = all(checks.values())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from tidings import Codec, Envelope, EventRegistry, event
 from tidings.brokers.inbox import InboxConsumer, inbox_metadata
-from tidings.brokers.port import Topology
+from tidings.brokers.port import Broker, Topology
+from tidings.brokers.urls import broker_for
 from tidings.brokers.worker import BrokerSubscription, Worker
 from tidings.integration.signing import Keyring, Verifier
 
@@ -97,30 +101,54 @@ async def create_tables(engine: AsyncEngine) -> None:
         await conn.run_sync(inbox_metadata.create_all)
 
 
-def build_worker(db_url: str, amqp_url: str, signing_key: bytes | None) -> Worker:
-    from tidings.brokers.rabbitmq import RabbitMQBroker
-
-    engine = create_async_engine(db_url)
-    verifier = Verifier(Keyring({"ordering-1": signing_key})) if signing_key else None
+def build_worker(
+    db_url: str | AsyncEngine, bus: str | Callable[[], Broker], signing_keys: Keyring | None
+) -> Worker:
+    """The worker: ``bus`` is the broker's URL (``amqp://``, ``nats://``, ``redis://``) or a
+    client factory; with ``signing_keys``, unsigned or forged messages are dead-lettered."""
+    engine = create_async_engine(db_url) if isinstance(db_url, str) else db_url
+    verifier = Verifier(signing_keys) if signing_keys is not None else None
     consumer = InboxConsumer("shipping-context", engine, handle, codec=codec, verifier=verifier)
-    return Worker(
-        [
-            BrokerSubscription(
-                broker=lambda: RabbitMQBroker(amqp_url, TOPOLOGY),
-                group="shipping-context",
-                handler=consumer,
-            )
-        ]
-    )
+    broker = functools.partial(broker_for, bus, TOPOLOGY) if isinstance(bus, str) else bus
+    return Worker([BrokerSubscription(broker=broker, group="shipping-context", handler=consumer)])
+
+
+async def serve(
+    db_url: str,
+    bus: str | Callable[[], Broker],
+    signing_keys: Keyring | None,
+    stop: asyncio.Event,
+) -> None:
+    """Run the shipping context in this event loop until ``stop`` is set: its tables first,
+    then the worker (what ``tidings worker`` runs, for a process of one's own)."""
+    engine = create_async_engine(db_url)
+    try:
+        await create_tables(engine)
+        await build_worker(engine, bus, signing_keys).run(stop)
+    finally:
+        await engine.dispose()
+
+
+async def pick_list_statuses(db_url: str) -> dict[str, str]:
+    """Each order's pick list status, as this context's database has it."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(pick_lists.c.order_id, pick_lists.c.status))
+            return {str(row.order_id): str(row.status) for row in rows}
+    finally:
+        await engine.dispose()
 
 
 def _from_environment() -> Worker | None:
     db_url = os.environ.get("SHIPPING_DB_URL")
-    amqp_url = os.environ.get("SHIPPING_AMQP_URL")
-    if not db_url or not amqp_url:
+    # SHIPPING_AMQP_URL is the older name, from when this context listened on RabbitMQ only.
+    bus_url = os.environ.get("SHIPPING_BUS_URL") or os.environ.get("SHIPPING_AMQP_URL")
+    if not db_url or not bus_url:
         return None
     key = os.environ.get("SHIPPING_SIGNING_KEY")
-    return build_worker(db_url, amqp_url, bytes.fromhex(key) if key else None)
+    keys = Keyring({"ordering-1": bytes.fromhex(key)}) if key else None
+    return build_worker(db_url, bus_url, keys)
 
 
 #: For ``tidings worker --app shipping_context.service:worker``.

@@ -96,7 +96,7 @@ def system(pg_engine: Engine, pg_schema: str, run_id: str, tmp_path: Path) -> It
         "SHIPPING_SIGNING_KEY": key,
         "ORDERING_DECLINED_BUYERS": "mallory",
         "SHIPPING_DB_URL": url,
-        "SHIPPING_AMQP_URL": RABBITMQ_URL,
+        "SHIPPING_BUS_URL": RABBITMQ_URL,
         "ORDERING_URL": url,
         "ORDERING_NOTIFIER_DOWN_FILE": str(tmp_path / "notifier-down"),
     }
