@@ -207,17 +207,20 @@ class ShippingContext:
         self.keys = keys
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._running = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shipping-context", daemon=True)
 
     def _run(self) -> None:
         async def serve() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            self._running.set()
             await shipping.serve(self.db_url, self.bus, self.keys, self._stop)
 
         asyncio.run(serve())
 
     def start(self) -> None:
         self._thread.start()
+        self._running.wait(timeout=30)
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
