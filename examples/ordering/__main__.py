@@ -1,8 +1,8 @@
 """``python -m ordering``: run the demo, the API, or the relays.
 
 python -m ordering demo [--json]
-python -m ordering api --url URL [--port 8000]     # API + relays in one process
-python -m ordering relay --url URL                 # relays and saga timeouts only
+python -m ordering api --url URL [--port 8000] [--bus URL]  # API + relays in one process
+python -m ordering relay --url URL [--bus URL]              # relays and saga timeouts only
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--no-relays", action="store_true", help="run relays elsewhere")
     relay = commands.add_parser("relay", help="deliver after-commit work (relays, timeouts)")
     relay.add_argument("--url", required=True)
-    relay.add_argument(
-        "--bus",
-        default=None,
-        help="broker URL (amqp://, nats://, redis://): publish integration events",
-    )
+    for relaying in (api, relay):
+        relaying.add_argument(
+            "--bus",
+            default=None,
+            help="broker URL (amqp://, nats://, redis://): publish integration events",
+        )
     relay.add_argument("--node", default=None, help="stable relay name (restart takes over)")
     init = commands.add_parser("init", help="create the tables (idempotent)")
     init.add_argument("--url", required=True)
