@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, or_, select
+from sqlalchemy import Table, delete, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from tidings.core.envelope import system_clock
@@ -65,7 +65,7 @@ def purge_delivered(
         upto = delivered_up_to(conn, log.name)
     if upto is None:
         return 0
-    passed = or_(log.c.tx < upto.tx, and_(log.c.tx == upto.tx, log.c.position <= upto.position))
+    passed = not_(after(log, upto))  # at or before the slowest checkpoint
     # The row with the highest position stays, delivered or not: SQLite gives a new row the
     # highest rowid in the table plus one, so once every row was purged it would hand out a
     # position the followers' checkpoints are already past, and they would never see that row.
