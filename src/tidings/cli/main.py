@@ -77,6 +77,7 @@ _COMMAND_MODULES: list[str] = [
     "tidings.cli.outbox_commands",
     "tidings.cli.events_commands",
     "tidings.cli.broker_commands",
+    "tidings.cli.bus_commands",
 ]
 
 
