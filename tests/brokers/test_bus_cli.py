@@ -9,15 +9,26 @@ import os
 
 import pytest
 
-from tidings.brokers.port import Delivery, Topology
+from tidings.brokers.port import Broker, Delivery, Topology
 from tidings.errors import MessageRejected
 from tidings.testing.broker_contract import probe
-from tidings.testing.services import NATS_URL, RABBITMQ_URL, REDIS_URL
+from tidings.testing.services import NATS_URL, RABBITMQ_URL, REDIS_URL, require
 
 from .conftest import declared_bus, make_broker
 from .test_cli import invoke
 
 URLS = {"rabbitmq": RABBITMQ_URL, "nats": NATS_URL, "redis": REDIS_URL}
+
+
+async def dead_letters_of(broker: Broker, count: int) -> list[Delivery]:
+    """Group ``g``'s dead letters, once there are ``count`` of them (or after 30 s)."""
+    found: list[Delivery] = []
+    for _ in range(600):
+        found = await broker.dead_letters("g")
+        if len(found) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return found
 
 
 @pytest.mark.parametrize("kind", ["rabbitmq", "nats", "redis"])
@@ -37,12 +48,7 @@ def test_dead_letters_are_listed_with_their_reasons_and_stay(kind: str, run_id: 
             consumer = await consumer_side.consume("g", refuse)
             await publisher.publish([probe("parcel-1", 1)])
             await publisher.publish_raw(0, {}, hostile)
-            found: list[Delivery] = []
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while len(found) < 2 and loop.time() < deadline:
-                found[:] = await consumer_side.dead_letters("g")
-                await asyncio.sleep(0.05)
+            found = await dead_letters_of(consumer_side, 2)
             await consumer.stop()
             await consumer_side.close()
             await publisher.close()
@@ -76,3 +82,51 @@ def test_a_broker_url_of_no_known_kind_is_refused() -> None:
     )
     assert code != 0
     assert "scheme 'kafka'" in output and "pw" not in output
+
+
+def test_a_redis_bus_under_another_key_prefix_is_read_there(run_id: str) -> None:
+    require("redis")
+    from tidings.brokers.redis import RedisBroker
+
+    topology = Topology(name=f"dlq-prefix-{run_id}", groups=("g",), partitions=1)
+    prefix = f"shop{run_id}"
+
+    async def dead_letter_one() -> None:
+        broker = RedisBroker(REDIS_URL, topology, key_prefix=prefix)
+        await broker.connect()
+        await broker.declare()
+
+        async def refuse(delivery: Delivery) -> None:
+            raise MessageRejected("not ours")
+
+        consumer = await broker.consume("g", refuse)
+        await broker.publish([probe("s-1", 1)])
+        assert len(await dead_letters_of(broker, 1)) == 1
+        await consumer.stop()
+        await broker.close()
+
+    async def delete() -> None:
+        broker = RedisBroker(REDIS_URL, topology, key_prefix=prefix)
+        await broker.connect()
+        await broker.delete()
+        await broker.close()
+
+    asyncio.run(dead_letter_one())
+    try:
+        arguments = ["--broker", REDIS_URL, "--bus", topology.name, "--group", "g", "--json"]
+        code, output = invoke("bus", "dead-letters", *arguments, "--redis-key-prefix", prefix)
+        assert code == 0, output
+        assert json.loads(output)["count"] == 1
+        code, output = invoke("bus", "dead-letters", *arguments)  # the default prefix: not there
+        assert json.loads(output)["count"] == 0
+    finally:
+        asyncio.run(delete())
+
+
+def test_a_redis_key_prefix_is_for_redis_only(run_id: str) -> None:
+    arguments = ["--bus", f"dlq-cli-{run_id}-none", "--group", "g", "--redis-key-prefix", "shop"]
+    code, output = invoke("bus", "dead-letters", "--broker", RABBITMQ_URL, *arguments)
+    assert code != 0 and "for a redis:// broker only" in output
+    code, output = invoke("bus", "dead-letters", "--broker", REDIS_URL, *arguments, "--json")
+    assert code == 0, output  # another prefix, nothing there: an empty list, not an error
+    assert json.loads(output)["count"] == 0

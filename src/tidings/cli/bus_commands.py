@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -33,13 +34,21 @@ def bus() -> None:
 @click.option("--bus", "bus_name", required=True, help="The bus (topology) name.")
 @click.option("--group", required=True, help="The consumer group whose dead letters to list.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--redis-key-prefix",
+    default=None,
+    help="Redis only: the key prefix the bus was declared under (default: tidings).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON (bodies in base64).")
-def dead_letters(url: str, bus_name: str, group: str, limit: int, as_json: bool) -> None:
+def dead_letters(
+    url: str, bus_name: str, group: str, limit: int, redis_key_prefix: str | None, as_json: bool
+) -> None:
     """List a consumer group's dead letters, oldest first, with why each was refused."""
     from tidings.errors import BrokerError, ConfigurationError
 
+    options = {"key_prefix": redis_key_prefix} if redis_key_prefix is not None else {}
     try:
-        letters = asyncio.run(_read(url, bus_name, group, limit))
+        letters = asyncio.run(_read(url, bus_name, group, limit, options))
     except (BrokerError, ConfigurationError) as exc:
         raise click.ClickException(str(exc)) from None
     human = "\n".join(_line(letter) for letter in letters) or "no dead letters"
@@ -50,19 +59,24 @@ def dead_letters(url: str, bus_name: str, group: str, limit: int, as_json: bool)
     )
 
 
-async def _read(url: str, bus_name: str, group: str, limit: int) -> list[dict[str, Any]]:
+async def _read(
+    url: str, bus_name: str, group: str, limit: int, options: dict[str, Any]
+) -> list[dict[str, Any]]:
     from tidings.brokers.port import (
         DEAD_LETTER_AT,
         DEAD_LETTER_ATTEMPTS,
         DEAD_LETTER_REASON,
         Topology,
     )
-    from tidings.brokers.urls import broker_for
+    from tidings.brokers.urls import SCHEMES, broker_for
     from tidings.brokers.wire import HEADERS
+    from tidings.errors import ConfigurationError
 
     # Where dead letters live depends on the bus's and the group's names only: the partition
     # count given here changes nothing, and nothing is declared.
-    broker = broker_for(url, Topology(name=bus_name, groups=(group,)))
+    if options and SCHEMES.get(urlsplit(url).scheme.lower()) != "redis":
+        raise ConfigurationError("--redis-key-prefix is for a redis:// broker only")
+    broker = broker_for(url, Topology(name=bus_name, groups=(group,)), **options)
     await broker.connect()
     try:
         found = await broker.dead_letters(group, limit)
