@@ -72,10 +72,10 @@ async def _read(
     from tidings.brokers.wire import HEADERS
     from tidings.errors import ConfigurationError
 
-    # Where dead letters live depends on the bus's and the group's names only: the partition
-    # count given here changes nothing, and nothing is declared.
     if options and SCHEMES.get(urlsplit(url).scheme.lower()) != "redis":
         raise ConfigurationError("--redis-key-prefix is for a redis:// broker only")
+    # Where dead letters live depends on the bus's and the group's names only: the partition
+    # count given here changes nothing, and nothing is declared.
     broker = broker_for(url, Topology(name=bus_name, groups=(group,)), **options)
     await broker.connect()
     try:
