@@ -617,23 +617,32 @@ class _RedisConsumer:
         """Acknowledge ``acks`` (emptying the list), then read up to ``prefetch`` entries of
         ``key`` from ``start`` (``">"``: new ones, ``"0"``: our pending ones); with ``block``,
         wait up to that many ms for new ones if there are none."""
-        client, prefetch = self.broker.client, self.broker.topology.prefetch
-        pieces = await client.eval(_READ, 1, key, self.group, self.name, prefetch, start, *acks)
+        prefetch = self.broker.topology.prefetch
+        entries = await self._scripted_read(key, start, prefetch, acks)
         acks.clear()
-        packed = _joined(pieces)
-        if packed or block is None:
-            return _entries(packed)
+        if entries or block is None:
+            return entries
         # Nothing yet: wait with the blocking command (a script cannot block), for one entry
         # only. Its reply is parsed by redis-py (about 20 microseconds per entry), and a
         # consumer that keeps up with its producers waits here before almost every batch: asked
         # for a whole batch, it parsed most entries this way (a fifth of a following consumer's
         # CPU). The rest of what has arrived comes with the script, one round trip more.
-        reply = await client.xreadgroup(self.group, self.name, {key: start}, count=1, block=block)
+        reply = await self.broker.client.xreadgroup(
+            self.group, self.name, {key: start}, count=1, block=block
+        )
         entries = _reply_entries(reply)
         if entries and prefetch > 1:
-            pieces = await client.eval(_READ, 1, key, self.group, self.name, prefetch - 1, start)
-            entries.extend(_entries(_joined(pieces)))
+            entries.extend(await self._scripted_read(key, start, prefetch - 1, []))
         return entries
+
+    async def _scripted_read(
+        self, key: str, start: str, count: int, acks: list[bytes]
+    ) -> list[Entry]:
+        """One :data:`_READ`: acknowledge ``acks``, then up to ``count`` entries from ``start``."""
+        pieces = await self.broker.client.eval(
+            _READ, 1, key, self.group, self.name, count, start, *acks
+        )
+        return _entries(_joined(pieces))
 
     async def _handle_batch(self, partition: int, key: str, entries: list[Entry]) -> bool:
         """Handle consecutive entries in one go (one commit); False: one by one. The caller
