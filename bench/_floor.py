@@ -30,6 +30,7 @@ import msgspec
 import psycopg
 
 from _clock import Lap, Stopwatch
+from _raw import BATCH, FETCH  # publishing and fetching as the raw clients do
 
 if TYPE_CHECKING:  # types only: the clients are imported where used (a run needs one)
     from aio_pika.abc import (
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # types only: the clients are imported where used (a run need
     from nats.js import JetStreamContext
     from redis.asyncio import Redis
 
-BATCH = 100
 PAGE = 1000
 ID_BYTES = 16
 
@@ -156,7 +156,7 @@ async def run(pipe: Pipe, dsn: str, schema: str, count: int, wait_limit: float =
 
 
 class RabbitPipe:
-    """aio-pika with publisher confirms, one durable queue, prefetch 256, ``ack(multiple)``."""
+    """aio-pika with publisher confirms, one durable queue, prefetch FETCH, ``ack(multiple)``."""
 
     connection: AbstractConnection
     channel: AbstractChannel
@@ -173,7 +173,7 @@ class RabbitPipe:
         self.connection = await aio_pika.connect(url)
         self.name = f"bench-floor-{uuid.uuid4().hex[:8]}"
         self.channel = await self.connection.channel(publisher_confirms=True)
-        await self.channel.set_qos(prefetch_count=256)
+        await self.channel.set_qos(prefetch_count=FETCH)
         self.queue = await self.channel.declare_queue(self.name, durable=True)
         self.received = asyncio.Queue()
         self.consumer_tag = await self.queue.consume(self.received.put)
@@ -194,7 +194,7 @@ class RabbitPipe:
 
     async def receive(self) -> tuple[list[bytes], Callable[[], Awaitable[object]]]:
         messages = [await self.received.get()]
-        while not self.received.empty() and len(messages) < 256:
+        while not self.received.empty() and len(messages) < FETCH:
             messages.append(self.received.get_nowait())
         last = messages[-1]
         return [m.body for m in messages], lambda: last.ack(multiple=True)
@@ -210,7 +210,7 @@ class RabbitPipe:
 
 
 class NatsPipe:
-    """nats-py JetStream: ``publish_async`` and its PubAcks, a pull consumer fetching 256."""
+    """nats-py JetStream: ``publish_async`` and its PubAcks, a pull consumer fetching FETCH."""
 
     client: NatsClient
     js: JetStreamContext
@@ -242,7 +242,7 @@ class NatsPipe:
 
         while True:
             try:
-                messages = await self.subscription.fetch(batch=256, timeout=1)
+                messages = await self.subscription.fetch(batch=FETCH, timeout=1)
                 break
             except nats.errors.TimeoutError:
                 continue
@@ -262,7 +262,7 @@ class NatsPipe:
 
 
 class RedisPipe:
-    """redis-py asyncio: pipelined ``XADD`` (its reply confirms), ``XREADGROUP`` 256, ``XACK``."""
+    """redis-py asyncio: pipelined ``XADD`` (its reply confirms), ``XREADGROUP`` FETCH, ``XACK``."""
 
     client: Redis
     key: str
@@ -288,7 +288,7 @@ class RedisPipe:
             # RESP2: [[key, [(id, fields), ...]]], or None once the block ran out (redis-py's
             # annotation is wider: RESP3's dict form, and no None).
             reply: Any = await self.client.xreadgroup(
-                "g", "c", {self.key: ">"}, count=256, block=1000
+                "g", "c", {self.key: ">"}, count=FETCH, block=1000
             )
             entries: list[tuple[bytes, dict[bytes, bytes]]] = [
                 entry for _, found in reply or [] for entry in found
